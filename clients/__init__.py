@@ -1,0 +1,1 @@
+"""gamjeong.clients: generated gRPC stubs (v1/) and friendly Python clients."""

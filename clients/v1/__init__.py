@@ -1,0 +1,1 @@
+"""Generated from protos/gamjeong/v1 by `make protos`."""

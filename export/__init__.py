@@ -1,0 +1,1 @@
+"""gamjeong.export: trained model directory -> optimised, quantised ONNX directory with a parity gate."""

@@ -1,0 +1,3 @@
+"""gamjeong (감정): Korean emotion classification, from fine-tuning to a gRPC service."""
+
+__version__ = "0.1.0"

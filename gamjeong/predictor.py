@@ -1,0 +1,212 @@
+"""One predictor interface with PyTorch and ONNX Runtime implementations.
+
+Evaluation, classification, the export parity gate, the gRPC server and the benchmarks all run models through this
+interface, so a number measured here is the number the server will see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, is_exported_dir
+from gamjeong.errors import GamjeongError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """Token ids of one text, already truncated to the predictor's max length."""
+
+    input_ids: list[int]
+    truncated: bool
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Predictor(ABC):
+    """Tokenises texts and returns the probabilities of the seven classes."""
+
+    backend: str  # "pytorch-fp32", "onnx-int8", ... (with "-cuda" on a GPU)
+    device: str  # "cpu" or "cuda"
+
+    def __init__(self, tokenizer, max_length: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        limit = getattr(tokenizer, "model_max_length", None) or DEFAULT_MAX_LENGTH
+        if limit > 100_000:  # transformers' "no limit" sentinel
+            limit = DEFAULT_MAX_LENGTH
+        self.max_length = int(max_length or min(limit, 512))
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # --- tokenisation -------------------------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """Fast-tokenizer encoding; a text longer than max_length is cut and flagged as truncated."""
+        if not texts:
+            return []
+        enc = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            return_overflowing_tokens=True,  # an overflow row means the text did not fit
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        mapping = enc["overflow_to_sample_mapping"]
+        result: list[EncodedText | None] = [None] * len(texts)
+        overflowed = [False] * len(texts)
+        for row, sample in enumerate(mapping):
+            if result[sample] is None:
+                result[sample] = EncodedText(list(enc["input_ids"][row]), False)
+            else:
+                overflowed[sample] = True
+        return [EncodedText(r.input_ids, o) for r, o in zip(result, overflowed)]  # type: ignore[union-attr]
+
+    def pad(self, encoded: Sequence[EncodedText]) -> tuple[np.ndarray, np.ndarray]:
+        """Dynamic padding to the longest text of the batch."""
+        width = max(len(e.input_ids) for e in encoded)
+        input_ids = np.full((len(encoded), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(encoded), width), dtype=np.int64)
+        for i, e in enumerate(encoded):
+            input_ids[i, : len(e.input_ids)] = e.input_ids
+            attention_mask[i, : len(e.input_ids)] = 1
+        return input_ids, attention_mask
+
+    # --- inference ----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Raw class logits, float32 [batch, 7]."""
+
+    def predict_encoded(self, encoded: Sequence[EncodedText]) -> np.ndarray:
+        """Probabilities [batch, 7] of already-encoded texts run as one padded batch."""
+        if not encoded:
+            return np.zeros((0, 7), dtype=np.float32)
+        input_ids, attention_mask = self.pad(encoded)
+        return softmax(self.logits(input_ids, attention_mask).astype(np.float32))
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Probabilities [len(texts), 7]; texts are batched by length to limit padding, results in input order."""
+        encoded = self.encode(texts)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        probs = np.zeros((len(encoded), 7), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            probs[idx] = self.predict_encoded([encoded[i] for i in idx])
+        return probs
+
+    def info(self) -> dict[str, object]:
+        return {"backend": self.backend, "device": self.device, "max_length": self.max_length}
+
+
+class TorchPredictor(Predictor):
+    """A transformers model in PyTorch, fp32 or (autocast) bf16/fp16."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
+        device: str = "auto",
+        max_length: int | None = None,
+    ) -> None:
+        import torch
+
+        super().__init__(tokenizer, max_length)
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if dtype == "fp16" and self.device != "cuda":
+            raise GamjeongError("PyTorch fp16 inference needs a CUDA GPU; use fp32 or bf16 on a CPU.")
+        self.model = model.to(self.device).eval()
+        self.dtype = dtype
+        self.backend = f"pytorch-{dtype}" + ("-cuda" if self.device == "cuda" else "")
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
+        ):
+            out = self.model(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention_mask).to(self.device),
+            )
+        return out.logits.float().cpu().numpy()
+
+
+class OnnxPredictor(Predictor):
+    """An ONNX model on ONNX Runtime (CUDA execution provider when available, else CPU)."""
+
+    def __init__(self, session, tokenizer, *, precision: str = "fp32", max_length: int | None = None) -> None:
+        super().__init__(tokenizer, max_length)
+        self.session = session
+        self.input_names = {i.name for i in session.get_inputs()}
+        provider = session.get_providers()[0]
+        self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+        self.provider = provider
+        self.backend = f"onnx-{precision}" + ("-cuda" if self.device == "cuda" else "")
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})[0]
+
+    def info(self) -> dict[str, object]:
+        return {**super().info(), "provider": self.provider}
+
+
+def _onnx_precision(model_dir: Path) -> str:
+    manifest = model_dir / MANIFEST_FILE
+    if manifest.is_file():
+        quantization = json.loads(manifest.read_text(encoding="utf-8")).get("quantization") or {}
+        mode = quantization.get("mode") if isinstance(quantization, dict) else quantization
+        if mode and mode != "none":
+            return str(mode)
+    return "fp32"
+
+
+def load_predictor(
+    model_dir: str | Path,
+    *,
+    backend: Literal["auto", "pytorch", "onnx"] = "auto",
+    device: str = "auto",
+    torch_dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
+    intra_op_threads: int | None = None,
+    max_length: int | None = None,
+) -> Predictor:
+    """The predictor for a trained (PyTorch) or exported (ONNX) directory, chosen by what the directory holds."""
+    from gamjeong.modeling import load_tokenizer, load_trained_model
+
+    path = Path(model_dir).expanduser()
+    if not (path / CONFIG_FILE).is_file() and not is_exported_dir(path):
+        raise GamjeongError(f"'{path}' is neither a trained nor an exported gamjeong model directory.")
+    use_onnx = backend == "onnx" or (backend == "auto" and is_exported_dir(path))
+    if use_onnx:
+        from gamjeong.onnx_runtime import create_session
+
+        if not is_exported_dir(path):
+            raise GamjeongError(f"'{path}' has no {ONNX_MODEL_FILE}; run `gamjeong export` on it first.")
+        provider = "auto" if device == "auto" else device
+        session = create_session(path / ONNX_MODEL_FILE, provider=provider, intra_op_threads=intra_op_threads)  # type: ignore[arg-type]
+        return OnnxPredictor(session, load_tokenizer(path), precision=_onnx_precision(path), max_length=max_length)
+    model, tokenizer = load_trained_model(path)
+    if intra_op_threads:
+        import torch
+
+        torch.set_num_threads(intra_op_threads)
+    return TorchPredictor(model, tokenizer, dtype=torch_dtype, device=device, max_length=max_length)

@@ -1,0 +1,1 @@
+"""gamjeong.server: the grpc.aio server that serves an exported directory."""
