@@ -76,7 +76,7 @@ def to_label_ids(values: Iterable[object]) -> list[int]:
     """Map a whole label column; unknown labels raise one error that lists them all and the accepted names."""
     values = list(values)
     ids = [to_label_id(v) for v in values]
-    unknown = sorted({str(v) for v, i in zip(values, ids) if i is None})
+    unknown = sorted({str(v) for v, i in zip(values, ids, strict=True) if i is None})
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         raise GamjeongError(f"Unknown label(s) {shown}; accepted names are {', '.join(accepted_label_names())}.")

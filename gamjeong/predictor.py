@@ -73,7 +73,7 @@ class Predictor(ABC):
                 result[sample] = EncodedText(list(enc["input_ids"][row]), False)
             else:
                 overflowed[sample] = True
-        return [EncodedText(r.input_ids, o) for r, o in zip(result, overflowed)]  # type: ignore[union-attr]
+        return [EncodedText(r.input_ids, o) for r, o in zip(result, overflowed, strict=True)]  # type: ignore[union-attr]
 
     def pad(self, encoded: Sequence[EncodedText]) -> tuple[np.ndarray, np.ndarray]:
         """Dynamic padding to the longest text of the batch."""
