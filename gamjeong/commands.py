@@ -6,4 +6,6 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    from gamjeong.benchmarks.cli import register as register_benchmarks
+
+    register_benchmarks(app)

@@ -1,0 +1,107 @@
+"""`gamjeong bench model` and `gamjeong bench server`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gamjeong.errors import GamjeongError
+
+bench_app = typer.Typer(
+    no_args_is_help=True, help="Benchmarks: PyTorch vs ONNX models, and the gRPC server end to end."
+)
+
+
+def _int_list(value: str | None, flag: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        numbers = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise GamjeongError(f"{flag} takes comma-separated integers such as 1,8,32, not '{value}'.") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise GamjeongError(f"{flag} takes positive integers such as 1,8,32, not '{value}'.")
+    return numbers
+
+
+def _str_list(value: str | None) -> list[str] | None:
+    return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+@bench_app.command("model")
+def model_command(
+    model: Path | None = typer.Option(None, "--model", help="Trained model directory (PyTorch backends)."),
+    onnx: list[Path] = typer.Option([], "--onnx", help="Exported directory (ONNX backends); repeat for several."),
+    tokenizer: Path | None = typer.Option(None, help="Tokenizer directory for the random-weight model."),
+    batch_sizes: str | None = typer.Option(None, help="Comma-separated batch sizes [default: 1,8,32]."),
+    seq_lengths: str | None = typer.Option(
+        None, help="Comma-separated sequence lengths in tokens [default: 16,64,128]."
+    ),
+    iterations: int | None = typer.Option(None, min=1, help="Timed batches per cell [default: 20]."),
+    warmup: int | None = typer.Option(None, min=0, help="Warm-up batches per cell [default: 3]."),
+    max_cell_seconds: float = typer.Option(
+        30.0, min=0.1, help="Stop a cell's timed loop after this long (min 5 batches)."
+    ),
+    backends: str | None = typer.Option(
+        None,
+        help="Comma-separated backends (pytorch-fp32, pytorch-bf16, pytorch-fp16, onnx-fp32, onnx-int8, onnx-fp16).",
+    ),
+    data: Path | None = typer.Option(None, help="CSV with a 'text' column of Korean sentences to build inputs from."),
+    output: Path = typer.Option(Path("bench-results/model"), help="Folder for results.json, results.md, latency.png."),
+    quick: bool = typer.Option(False, help="Tiny model, one batch size and length, a few iterations."),
+    threads: int | None = typer.Option(None, min=1, help="Intra-op threads for PyTorch and ONNX Runtime."),
+    isolation: str = typer.Option(
+        "subprocess", help="subprocess (each backend alone: clean memory and load time) or inprocess."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Latency, throughput, memory and agreement of PyTorch and ONNX Runtime backends over a batch × length grid."""
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from .model_bench import ModelBenchConfig, quick_settings, run_model_benchmark
+    from .report import print_model_results, write_model_results
+
+    given = {
+        "batch_sizes": _int_list(batch_sizes, "--batch-sizes"),
+        "seq_lengths": _int_list(seq_lengths, "--seq-lengths"),
+        "iterations": iterations,
+        "warmup": warmup,
+        "backends": _str_list(backends),
+    }
+    explicit = {key for key, value in given.items() if value is not None}
+    try:
+        config = ModelBenchConfig(
+            model=model,
+            onnx=onnx,
+            tokenizer=tokenizer,
+            max_cell_seconds=max_cell_seconds,
+            data=data,
+            output=output,
+            quick=quick,
+            threads=threads,
+            isolation=isolation,  # type: ignore[arg-type]
+            device=device,  # type: ignore[arg-type]
+            **{key: value for key, value in given.items() if value is not None},
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise GamjeongError(f"--{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}.") from None
+    config = quick_settings(config, explicit)
+    console = Console()
+    if not console.is_terminal:  # piped to a file: rich's 80-column default would squeeze the tables
+        console = Console(width=200)
+    err = Console(stderr=True)
+    results = run_model_benchmark(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
+    paths = write_model_results(results, config.output)
+    print_model_results(results, console)
+    console.print(f"wrote {paths['json']}, {paths['markdown']}, {paths['chart']}")
+    failed = [b["name"] for b in results["backends"] if b["status"] == "failed"]
+    if failed:
+        err.print(f"[red]failed backends: {', '.join(failed)}[/]")
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

@@ -1,0 +1,67 @@
+"""What the numbers were measured on: CPU, thread counts, library versions, date. Recorded with every result."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+_LIBRARIES = ("torch", "transformers", "onnxruntime", "optimum", "optimum-onnx", "tokenizers", "numpy", "grpcio")
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_bf16_support() -> tuple[bool, str]:
+    """Whether bf16 autocast on this CPU runs on native bf16 instructions (AVX512-BF16 or AMX), and why not."""
+    flags = cpu_flags()
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    if native:
+        return True, f"CPU has {', '.join(native)}"
+    return False, "CPU has no avx512_bf16/amx_bf16 instructions: bf16 autocast would be emulated and slower than fp32"
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def environment(threads: int | None) -> dict[str, object]:
+    import psutil
+
+    return {
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_bf16": cpu_bf16_support()[0],
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "threads_requested": threads,
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": library_versions(),
+    }

@@ -1,0 +1,508 @@
+"""`gamjeong bench model`: PyTorch vs ONNX Runtime latency, throughput, memory and agreement, per backend.
+
+Every backend is measured through the predictor interface the server uses (`gamjeong.predictor.load_predictor`), one
+backend at a time, by default each in its own subprocess so that load time and peak memory are that backend's alone.
+Per (batch size, sequence length) cell: warm-up batches, then timed batches split into tokenisation (the fast
+tokenizer) and inference (padding + model + softmax).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator
+
+from gamjeong.artifacts import ONNX_MODEL_FILE, is_exported_dir
+from gamjeong.errors import GamjeongError
+from gamjeong.modeling import WEIGHT_FILES
+from gamjeong.predictor import _onnx_precision  # the one reading of an exported dir's precision (manifest)
+
+from .environment import cpu_bf16_support, environment
+from .texts import MBERT_TOKENIZER_DIR, TextSource, load_texts, texts_of_length
+
+log = logging.getLogger(__name__)
+
+PYTORCH_BACKENDS = ("pytorch-fp32", "pytorch-bf16", "pytorch-fp16")
+ONNX_BACKENDS = ("onnx-fp32", "onnx-int8", "onnx-fp16")
+KNOWN_BACKENDS = PYTORCH_BACKENDS + ONNX_BACKENDS
+REFERENCE_BACKEND = "pytorch-fp32"
+RANDOM_WEIGHTS_NOTE = "random weights: timing only"
+DISTINCT_BATCHES = 4  # different texts in successive timed batches, so no cache makes a repeat cheaper
+
+
+class ModelBenchConfig(BaseModel):
+    """Settings of one `gamjeong bench model` run."""
+
+    model: Path | None = Field(None, description="Trained model directory (PyTorch backends).")
+    onnx: list[Path] = Field(default_factory=list, description="Exported directories (ONNX backends).")
+    tokenizer: Path | None = Field(None, description="Tokenizer for the random-weight model.")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    seq_lengths: list[int] = Field(default_factory=lambda: [16, 64, 128])
+    iterations: int = Field(20, ge=1)
+    warmup: int = Field(3, ge=0)
+    max_cell_seconds: float = Field(30.0, gt=0, description="Stop a cell's timed loop early after this long.")
+    min_iterations: int = Field(5, ge=1)
+    backends: list[str] | None = None
+    data: Path | None = None
+    output: Path = Path("bench-results/model")
+    quick: bool = False
+    threads: int | None = Field(None, ge=1)
+    isolation: Literal["subprocess", "inprocess"] = "subprocess"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    agreement_texts: int = Field(256, ge=1)
+    cache_dir: Path = Field(default_factory=lambda: _default_cache_dir())
+
+    @field_validator("batch_sizes", "seq_lengths")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if not values or any(v < 1 for v in values):
+            raise ValueError("must be a non-empty list of positive integers")
+        return sorted(set(values))
+
+    @field_validator("backends")
+    @classmethod
+    def _known(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        for name in values:
+            if name.removesuffix("-cuda") not in KNOWN_BACKENDS:
+                raise ValueError(f"unknown backend '{name}'; choose from {', '.join(KNOWN_BACKENDS)}")
+        return list(dict.fromkeys(values))
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gamjeong" / "bench"
+
+
+def quick_settings(config: ModelBenchConfig, explicit: set[str]) -> ModelBenchConfig:
+    """--quick: one batch size, one short length, a few iterations, unless those were given explicitly."""
+    if not config.quick:
+        return config
+    updates: dict[str, Any] = {"agreement_texts": min(config.agreement_texts, 32)}
+    if "batch_sizes" not in explicit:
+        updates["batch_sizes"] = [4]
+    if "seq_lengths" not in explicit:
+        updates["seq_lengths"] = [16]
+    if "iterations" not in explicit:
+        updates["iterations"] = 5
+    if "warmup" not in explicit:
+        updates["warmup"] = 1
+    updates["min_iterations"] = min(config.min_iterations, updates.get("iterations", config.iterations))
+    return config.model_copy(update=updates)
+
+
+# --- planning: which backend runs which directory -----------------------------------------------------------------
+
+
+class BackendPlan(BaseModel):
+    name: str
+    model_dir: Path | None = None
+    loader: Literal["pytorch", "onnx"] = "pytorch"
+    torch_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    skip_reason: str | None = None
+
+
+def _use_cuda(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    available = torch.cuda.is_available()
+    if device == "cuda" and not available:
+        raise GamjeongError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu.")
+    return available
+
+
+def plan_backends(
+    config: ModelBenchConfig,
+    model_dir: Path | None,
+    onnx_dirs: list[Path],
+    export_onnx: Callable[[str], Path] | None = None,
+) -> list[BackendPlan]:
+    """The backends to measure (requested or default), each with its directory, or the reason it is skipped."""
+    cuda = _use_cuda(config.device)
+    suffix = "-cuda" if cuda else ""
+    onnx_by_name: dict[str, Path] = {}
+    for path in onnx_dirs:
+        # onnxruntime here is the CPU build unless onnxruntime-gpu is installed: the predictor names what it ran on.
+        name = f"onnx-{_onnx_precision(path)}"
+        if name in onnx_by_name:
+            raise GamjeongError(f"Two exported directories are both {name}: '{onnx_by_name[name]}' and '{path}'.")
+        onnx_by_name[name] = path
+    if config.backends is not None:
+        requested = [n.removesuffix("-cuda") for n in config.backends]
+    else:
+        requested = []
+        if model_dir is not None:
+            requested += ["pytorch-fp32", "pytorch-bf16"] + (["pytorch-fp16"] if cuda else [])
+        requested += list(onnx_by_name)
+        if model_dir is not None and export_onnx is not None:
+            requested += [n for n in ("onnx-fp32", "onnx-int8") if n not in onnx_by_name]
+    plans: list[BackendPlan] = []
+    for name in requested:
+        if name in PYTORCH_BACKENDS:
+            dtype = name.split("-")[1]
+            plan = BackendPlan(name=name + suffix, model_dir=model_dir, loader="pytorch", torch_dtype=dtype)  # type: ignore[arg-type]
+            if model_dir is None:
+                plan.skip_reason = "no trained model directory (--model) to run PyTorch on"
+            elif dtype == "fp16" and not cuda:
+                plan.skip_reason = "PyTorch fp16 needs a CUDA GPU; none was available"
+            elif dtype == "bf16" and not cuda:
+                supported, why = cpu_bf16_support()
+                if not supported:
+                    plan.skip_reason = why
+            plans.append(plan)
+            continue
+        plan = BackendPlan(name=name, loader="onnx", model_dir=onnx_by_name.get(name))
+        if plan.model_dir is None:
+            precision = name.split("-")[1]
+            if precision == "fp16" and not cuda:
+                plan.skip_reason = "ONNX fp16 is for CUDA; no GPU was available"
+            elif model_dir is not None and export_onnx is not None:
+                plan.model_dir = export_onnx(precision)
+            else:
+                plan.skip_reason = f"no exported {precision} directory given (--onnx DIR)"
+        plans.append(plan)
+    return plans
+
+
+# --- measuring one backend (in this process or in a worker subprocess) ---------------------------------------------
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _size_on_disk_mb(model_dir: Path, loader: str) -> float:
+    if loader == "onnx":
+        files = [model_dir / ONNX_MODEL_FILE, *model_dir.glob("*.onnx_data"), *model_dir.glob("*.onnx.data")]
+    else:
+        files = [model_dir / f for f in WEIGHT_FILES]
+    return round(sum(f.stat().st_size for f in files if f.is_file()) / 2**20, 1)
+
+
+def _percentile_row(latencies: list[float], tokenize: list[float], inference: list[float], batch: int) -> dict:
+    total = np.asarray(latencies) * 1000
+    p50, p95, p99 = np.percentile(total, [50, 95, 99])
+    return {
+        "iterations": len(latencies),
+        "p50_ms": round(float(p50), 3),
+        "p95_ms": round(float(p95), 3),
+        "p99_ms": round(float(p99), 3),
+        "mean_ms": round(float(total.mean()), 3),
+        "texts_per_s": round(batch * len(latencies) / float(np.sum(latencies)), 2),
+        "tokenize_p50_ms": round(float(np.percentile(np.asarray(tokenize) * 1000, 50)), 3),
+        "inference_p50_ms": round(float(np.percentile(np.asarray(inference) * 1000, 50)), 3),
+    }
+
+
+def measure_backend(spec: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
+    """Load one backend, time every cell, and predict the agreement texts. `spec` is JSON-able (see `_spec`)."""
+    from gamjeong.predictor import OnnxPredictor, load_predictor
+
+    threads = spec["threads"]
+    # Libraries are imported before the clock starts: load time and memory delta are the model's, not the imports'.
+    started = time.perf_counter()
+    if spec["loader"] == "pytorch":
+        import torch
+        from transformers import AutoModelForSequenceClassification  # noqa: F401
+    else:
+        import onnxruntime  # noqa: F401
+    from transformers import AutoTokenizer  # noqa: F401
+
+    import_s = time.perf_counter() - started
+    rss_before = _rss_mb()
+    started = time.perf_counter()
+    predictor = load_predictor(
+        spec["model_dir"],
+        backend=spec["loader"],
+        device=spec["device"],
+        torch_dtype=spec["torch_dtype"],
+        intra_op_threads=threads,
+        max_length=max(cell["seq_len"] for cell in spec["cells"]),
+    )
+    load_s = time.perf_counter() - started
+    rss_loaded = _rss_mb()
+    default_max_length = predictor.max_length
+    rows = []
+    for cell in spec["cells"]:
+        batch, seq_len = cell["batch_size"], cell["seq_len"]
+        predictor.max_length = seq_len  # the benchmark's texts are longer: the predictor cuts them at exactly seq_len
+        batches = [cell["texts"][i * batch : (i + 1) * batch] for i in range(len(cell["texts"]) // batch)]
+        lengths = {len(e.input_ids) for b in batches for e in predictor.encode(b)}
+        if lengths != {seq_len}:
+            raise RuntimeError(f"inputs for seq_len {seq_len} encode to {sorted(lengths)} tokens")
+        for i in range(spec["warmup"]):
+            predictor.predict_encoded(predictor.encode(batches[i % len(batches)]))
+        latencies: list[float] = []
+        tokenize: list[float] = []
+        inference: list[float] = []
+        cell_started = time.perf_counter()
+        for i in range(spec["iterations"]):
+            t0 = time.perf_counter()
+            encoded = predictor.encode(batches[i % len(batches)])
+            t1 = time.perf_counter()
+            predictor.predict_encoded(encoded)
+            t2 = time.perf_counter()
+            tokenize.append(t1 - t0)
+            inference.append(t2 - t1)
+            latencies.append(t2 - t0)
+            if t2 - cell_started > spec["max_cell_seconds"] and i + 1 >= spec["min_iterations"]:
+                break
+        rows.append(
+            {"backend": predictor.backend, "batch_size": batch, "seq_len": seq_len}
+            | _percentile_row(latencies, tokenize, inference, batch)
+        )
+    predictor.max_length = default_max_length
+    probabilities = predictor.predict_proba(spec["agreement_texts"], batch_size=32)
+    rss_after = _rss_mb()
+    if isinstance(predictor, OnnxPredictor):
+        configured = predictor.session.get_session_options().intra_op_num_threads
+        thread_info = {"onnxruntime_intra_op_threads": configured or "default (one per physical core)"}
+    else:
+        import torch
+
+        thread_info = {
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+        }
+    return {
+        "name": predictor.backend,
+        "status": "ok",
+        "device": predictor.device,
+        "load_s": round(load_s, 3),
+        "import_s": round(import_s, 3),
+        "rss_before_load_mb": round(rss_before, 1),
+        "rss_after_load_mb": round(rss_loaded, 1),
+        "rss_delta_mb": round(rss_after - rss_before, 1),
+        # ru_maxrss is the whole process's peak: only this backend's when it ran in its own subprocess.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1) if isolated else None,
+        "threads": thread_info,
+        "rows": rows,
+        "probabilities": probabilities.round(6).tolist(),
+    }
+
+
+def _spec(plan: BackendPlan, config: ModelBenchConfig, cells: list[dict], agreement: list[str]) -> dict[str, Any]:
+    return {
+        "model_dir": str(plan.model_dir),
+        "loader": plan.loader,
+        "torch_dtype": plan.torch_dtype,
+        "device": config.device,
+        "threads": config.threads,
+        "cells": cells,
+        "warmup": config.warmup,
+        "iterations": config.iterations,
+        "min_iterations": min(config.min_iterations, config.iterations),
+        "max_cell_seconds": config.max_cell_seconds,
+        "agreement_texts": agreement,
+    }
+
+
+def _run_isolated(spec: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
+    spec_file, result_file = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"
+    spec_file.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    env = dict(os.environ)
+    if spec["threads"]:
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gamjeong.benchmarks.model_bench", str(spec_file), str(result_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0 or not result_file.is_file():
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"worker exited with code {proc.returncode}")
+    return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+# --- building the model to measure when none is given ---------------------------------------------------------------
+
+
+def build_random_model_dir(dest: Path, texts: list[str], *, real_size: bool, tokenizer_dir: Path | None) -> str:
+    """Save a random-weight DistilBERT in the trained-dir contract; returns how its tokenizer was obtained."""
+    from gamjeong.modeling import build_random_model, distilbert_config, load_tokenizer, train_wordpiece_tokenizer
+
+    tokenizer_dir = tokenizer_dir or (MBERT_TOKENIZER_DIR if real_size else None)
+    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+        tokenizer = load_tokenizer(tokenizer_dir)
+        model = build_random_model(tokenizer, real_size=real_size, seed=0)
+        how = f"tokenizer from {tokenizer_dir}"
+    elif tokenizer_dir is not None and tokenizer_dir != MBERT_TOKENIZER_DIR:
+        raise GamjeongError(f"Tokenizer directory '{tokenizer_dir}' does not exist.")
+    else:
+        import torch
+        from transformers import DistilBertForSequenceClassification
+
+        # A WordPiece vocabulary cannot reach 119,547 words from a few thousand sentences: the tokenizer is trained
+        # on the texts, and the embedding matrix keeps the real vocabulary size so that size and speed stay real.
+        tokenizer = train_wordpiece_tokenizer(texts, vocab_size=8000 if real_size else 2000, model_max_length=512)
+        torch.manual_seed(0)
+        vocab = 119_547 if real_size else len(tokenizer)
+        model = DistilBertForSequenceClassification(distilbert_config(vocab, real_size=real_size)).eval()
+        how = "tokenizer trained on the benchmark texts" + (
+            f" ({MBERT_TOKENIZER_DIR} was missing; the embeddings keep the real 119,547-word size)" if real_size else ""
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return how
+
+
+# --- the whole run --------------------------------------------------------------------------------------------------
+
+
+def _build_cells(tokenizer, source: TextSource, config: ModelBenchConfig) -> list[dict[str, Any]]:
+    cells = []
+    for seq_len in config.seq_lengths:
+        for batch in config.batch_sizes:
+            texts = texts_of_length(tokenizer, source.texts, seq_len, batch * DISTINCT_BATCHES, seed=batch)
+            cells.append({"batch_size": batch, "seq_len": seq_len, "texts": texts})
+    return cells
+
+
+def _agreement(probabilities: list[list[float]], reference: list[list[float]]) -> dict[str, float]:
+    mine, ref = np.asarray(probabilities), np.asarray(reference)
+    return {
+        "agreement_with_pytorch_fp32": round(float((mine.argmax(-1) == ref.argmax(-1)).mean()), 4),
+        "max_abs_prob_diff": round(float(np.abs(mine - ref).max()), 6),
+    }
+
+
+def run_model_benchmark(
+    config: ModelBenchConfig,
+    *,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Measure every planned backend; returns the results document (rows, backends, environment, settings)."""
+    from gamjeong.modeling import load_tokenizer
+
+    source = load_texts(config.data)
+    with tempfile.TemporaryDirectory(prefix="gamjeong-bench-") as tmp:
+        workdir = Path(tmp)
+        model_dir = Path(config.model).expanduser() if config.model else None
+        onnx_dirs = [Path(p).expanduser() for p in config.onnx]
+        for path in onnx_dirs:
+            if not is_exported_dir(path):
+                raise GamjeongError(
+                    f"'{path}' is not an exported directory (no {ONNX_MODEL_FILE}); pass `gamjeong export` output."
+                )
+        random_weights = model_dir is None and not onnx_dirs
+        model_note = "given directories"
+        if random_weights:
+            real_size = not config.quick
+            if real_size:
+                model_dir = config.cache_dir / "random-distilbert-base-multilingual-cased" / "model"
+                if not (model_dir / "model.safetensors").is_file():
+                    progress(f"building the real-size random-weight model in {model_dir}")
+                    how = build_random_model_dir(
+                        model_dir, source.texts, real_size=True, tokenizer_dir=config.tokenizer
+                    )
+                    (model_dir / "HOW.txt").write_text(how + "\n", encoding="utf-8")
+                how = (
+                    (model_dir / "HOW.txt").read_text(encoding="utf-8").strip()
+                    if (model_dir / "HOW.txt").is_file()
+                    else ""
+                )
+                model_note = f"distilbert-base-multilingual-cased architecture, random weights ({how})"
+            else:
+                model_dir = workdir / "tiny-model"
+                how = build_random_model_dir(model_dir, source.texts, real_size=False, tokenizer_dir=config.tokenizer)
+                model_note = f"tiny DistilBERT (2 layers, dim 32), random weights ({how})"
+        plans = plan_backends(config, model_dir, onnx_dirs)
+        tokenizer_dir = next((p.model_dir for p in plans if p.model_dir is not None), model_dir or onnx_dirs[0])
+        tokenizer = load_tokenizer(tokenizer_dir)
+        cells = _build_cells(tokenizer, source, config)
+        agreement_texts = source.texts[: config.agreement_texts]
+
+        backends: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+        for plan in plans:
+            entry: dict[str, Any] = {"name": plan.name, "model_dir": str(plan.model_dir) if plan.model_dir else None}
+            if plan.skip_reason:
+                backends.append(entry | {"status": "skipped", "reason": plan.skip_reason})
+                progress(f"{plan.name}: skipped ({plan.skip_reason})")
+                continue
+            progress(f"{plan.name}: measuring {len(cells)} cells ({config.isolation})")
+            spec = _spec(plan, config, cells, agreement_texts)
+            try:
+                if config.isolation == "subprocess":
+                    result = _run_isolated(spec, workdir, plan.name)
+                else:
+                    result = measure_backend(spec, isolated=False)
+            except (RuntimeError, GamjeongError) as exc:
+                backends.append(entry | {"status": "failed", "reason": str(exc)})
+                progress(f"{plan.name}: failed ({exc})")
+                continue
+            entry |= {k: v for k, v in result.items() if k != "rows"}
+            entry["size_on_disk_mb"] = _size_on_disk_mb(plan.model_dir, plan.loader)  # type: ignore[arg-type]
+            backends.append(entry)
+            rows += result["rows"]
+
+        reference = next((b for b in backends if b["status"] == "ok" and b["name"].startswith(REFERENCE_BACKEND)), None)
+        reference_probabilities = reference["probabilities"] if reference is not None else None
+        for entry in backends:
+            probabilities = entry.pop("probabilities", None)
+            if probabilities is None:
+                continue
+            entry["agreement_texts"] = len(agreement_texts)
+            if reference_probabilities is None:
+                entry |= {"agreement_with_pytorch_fp32": None, "agreement_note": "pytorch-fp32 was not measured"}
+            else:
+                entry |= _agreement(probabilities, reference_probabilities)
+
+    return {
+        "kind": "model",
+        "random_weights": random_weights,
+        "note": RANDOM_WEIGHTS_NOTE if random_weights else None,
+        "model": model_note,
+        "texts": source.description,
+        "settings": {
+            "batch_sizes": config.batch_sizes,
+            "seq_lengths": config.seq_lengths,
+            "iterations": config.iterations,
+            "min_iterations": config.min_iterations,
+            "max_cell_seconds": config.max_cell_seconds,
+            "warmup": config.warmup,
+            "quick": config.quick,
+            "isolation": config.isolation,
+            "memory_method": (
+                "peak_rss_mb: peak RSS of the backend's own worker process (Python, libraries, model, run); "
+                "rss_delta_mb: RSS after load + all cells minus RSS before load"
+                if config.isolation == "subprocess"
+                else "rss_delta_mb: RSS after load + all cells minus RSS before load, in one shared process "
+                "(earlier backends' freed memory can hide part of it); peak RSS not measured"
+            ),
+            "latency": "per batch: tokenisation (fast tokenizer) + inference (padding, model, softmax); "
+            "texts_per_s = batch_size x iterations / total time",
+        },
+        "environment": environment(config.threads),
+        "backends": backends,
+        "rows": rows,
+    }
+
+
+def _worker_main(spec_file: str, result_file: str) -> None:
+    spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
+    result = measure_backend(spec, isolated=True)
+    Path(result_file).write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1], sys.argv[2])

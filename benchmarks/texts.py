@@ -1,0 +1,74 @@
+"""Real Korean texts for the benchmarks, and inputs of an exact token length built from them.
+
+Inputs are built from real sentences (not random token ids) so that tokenisation is measured on the kind of text the
+server sees: sentences are joined until they are longer than the target, then the predictor truncates them at exactly
+`seq_len` tokens ([CLS] and [SEP] included).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from gamjeong.errors import GamjeongError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Sessions and CI lay the shared data beside the checkout; GAMJEONG_SHARED overrides (as in tests/conftest.py).
+SHARED_DIR = Path(os.environ.get("GAMJEONG_SHARED", REPO_ROOT.parent / "shared"))
+MBERT_TOKENIZER_DIR = SHARED_DIR / "models" / "distilbert-base-multilingual-cased-tokenizer"
+
+@dataclass(frozen=True)
+class TextSource:
+    texts: list[str]
+    description: str  # where the texts came from, recorded with the results
+
+
+def load_texts(data_file: Path | None = None, *, limit: int = 5000) -> TextSource:
+    """Korean sentences from the data file given, else gamjeong's built-in sample set (490 sentences, 7 emotions)."""
+    if data_file is not None:
+        return TextSource(_read_text_column(data_file)[:limit], f"data file {data_file}")
+    from gamjeong.samples import sample_texts
+
+    return TextSource(sample_texts()[:limit], "gamjeong built-in Korean samples (gamjeong/resources/samples.csv)")
+
+
+def _read_text_column(path: Path) -> list[str]:
+    import pandas as pd
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise GamjeongError(f"Data file '{path}' does not exist; pass a CSV with a 'text' column.")
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GamjeongError(f"'{path}' is not a readable CSV file ({exc.__class__.__name__}).") from exc
+    if "text" not in frame.columns:
+        raise GamjeongError(f"'{path}' has no 'text' column (columns: {', '.join(map(str, frame.columns))}).")
+    texts = [t.strip() for t in frame["text"].dropna().astype(str) if t.strip()]
+    if not texts:
+        raise GamjeongError(f"'{path}' has no non-empty texts in its 'text' column.")
+    return texts
+
+
+def texts_of_length(tokenizer, sentences: list[str], seq_len: int, count: int, *, seed: int = 0) -> list[str]:
+    """`count` texts of at least `seq_len` tokens each, made by joining randomly picked real sentences.
+
+    Each text is cut a few tokens past `seq_len` (at a token boundary, by the tokenizer's offsets) so that texts are
+    not needlessly long; the predictor then truncates at exactly `seq_len`.
+    """
+    if not sentences:
+        raise GamjeongError("No texts to build benchmark inputs from; pass --data with a CSV that has a 'text' column.")
+    rng = random.Random(seed * 1_000_003 + seq_len)
+    margin = 4  # tokens past seq_len, so that a cut inside a word cannot leave the text one token short
+    texts: list[str] = []
+    for _ in range(count):
+        text = rng.choice(sentences)
+        while len(tokenizer(text, add_special_tokens=True)["input_ids"]) < seq_len + margin:
+            text = f"{text} {rng.choice(sentences)}"
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        keep = seq_len + margin - 2  # room for [CLS] and [SEP]
+        end = enc["offset_mapping"][min(keep, len(enc["offset_mapping"])) - 1][1]
+        texts.append(text[:end])
+    return texts
