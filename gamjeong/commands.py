@@ -6,6 +6,10 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
+    from gamjeong.training.cli import register as register_training
+
+    register_training(app)
+
     from gamjeong.benchmarks.cli import register as register_benchmarks
 
     register_benchmarks(app)
