@@ -25,3 +25,76 @@ PARITY_FILE = "parity.json"
 def is_exported_dir(path: str | Path) -> bool:
     """True for a directory written by `gamjeong export` (it holds the ONNX model to serve)."""
     return (Path(path) / ONNX_MODEL_FILE).is_file()
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (about 1-2 s for a 500 MB model)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_files(
+    directory: str | Path, *, exclude: tuple[str, ...] = (MANIFEST_FILE,)
+) -> dict[str, dict[str, object]]:
+    """{relative path: {"sha256", "size"}} of every file under a directory (the manifest's `files` section)."""
+    root = Path(directory)
+    return {
+        path.relative_to(root).as_posix(): {"sha256": file_sha256(path), "size": path.stat().st_size}
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.relative_to(root).as_posix() not in exclude
+    }
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """The parsed manifest.json of an exported directory; one sentence when it is missing or unreadable."""
+    import json
+
+    from gamjeong.errors import GamjeongError
+
+    manifest_file = Path(directory) / MANIFEST_FILE
+    if not manifest_file.is_file():
+        raise GamjeongError(
+            f"'{directory}' has no {MANIFEST_FILE}, so its files cannot be checked; export it with `gamjeong export`."
+        )
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GamjeongError(f"'{manifest_file}' is not valid JSON; export the model again.") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise GamjeongError(f"'{manifest_file}' lists no files; export the model again.")
+    return manifest
+
+
+def verify_manifest(directory: str | Path) -> dict:
+    """Check every file listed in an exported directory's manifest (size, then sha256); return the manifest.
+
+    The server and `load_predictor` call this before loading, so a truncated copy or an edited file is refused with
+    one sentence instead of serving a model nobody exported.
+    """
+    from gamjeong.errors import GamjeongError
+
+    root = Path(directory)
+    manifest = read_manifest(root)
+    files: dict = manifest["files"]
+    if ONNX_MODEL_FILE not in files:
+        raise GamjeongError(f"'{root / MANIFEST_FILE}' does not list {ONNX_MODEL_FILE}; export the model again.")
+    problems: list[str] = []
+    for name, expected in files.items():
+        path = root / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != expected.get("size"):
+            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected.get('size')}")
+        elif file_sha256(path) != expected.get("sha256"):
+            problems.append(f"{name} has a different sha256 than the manifest")
+    if problems:
+        raise GamjeongError(
+            f"'{root}' does not match its {MANIFEST_FILE} ({'; '.join(problems)}); "
+            "copy the exported directory again or re-run `gamjeong export`."
+        )
+    return manifest

@@ -13,3 +13,15 @@ def register(app: typer.Typer) -> None:
     from gamjeong.benchmarks.cli import register as register_benchmarks
 
     register_benchmarks(app)
+
+    from gamjeong.export.cli import register as register_export
+
+    register_export(app)
+
+    from gamjeong.server.cli import register as register_server
+
+    register_server(app)
+
+    from gamjeong.clients.cli import register as register_clients
+
+    register_clients(app)

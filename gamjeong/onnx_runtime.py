@@ -11,18 +11,28 @@ from gamjeong.errors import GamjeongError
 log = logging.getLogger(__name__)
 
 ProviderChoice = Literal["auto", "cuda", "cpu"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
 _PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
-def choose_providers(requested: ProviderChoice = "auto") -> list[str]:
-    """CUDA then CPU when a GPU build of onnxruntime is installed and `auto`; a clear error for an unavailable one."""
+def available_providers() -> list[str]:
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
+    return list(ort.get_available_providers())
+
+
+def cuda_available() -> bool:
+    """True when onnxruntime-gpu is installed and offers the CUDA execution provider."""
+    return "CUDAExecutionProvider" in available_providers()
+
+
+def choose_providers(requested: ProviderChoice | str = "auto") -> list[str]:
+    """CUDA then CPU when a GPU build of onnxruntime is installed and `auto`; a clear error for an unavailable one."""
+    available = available_providers()
     if requested == "auto":
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     else:
-        name = _PROVIDER_NAMES.get(requested)
+        name = _PROVIDER_NAMES.get(str(requested))
         if name is None:
             raise GamjeongError(f"Unknown execution provider '{requested}'; choose auto, cuda or cpu.")
         if name not in available:
@@ -31,23 +41,35 @@ def choose_providers(requested: ProviderChoice = "auto") -> list[str]:
                 "install gamjeong[gpu] (onnxruntime-gpu) on a CUDA machine, or use --provider cpu."
             )
         providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
+    log.info("onnxruntime providers: requested %s, available %s, using %s", requested, available, providers)
     return providers
 
 
 def create_session(
     model_path: str | Path,
     *,
-    provider: ProviderChoice = "auto",
+    provider: ProviderChoice | str = "auto",
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all",
+    graph_optimization: GraphOptimization = "all",
 ):
-    """An InferenceSession with the providers, thread counts and graph optimisation level chosen here."""
+    """An InferenceSession with the providers, thread counts and graph optimisation level chosen here.
+
+    Thread counts of None or 0 let ONNX Runtime use one thread per physical core; `graph_optimization="all"` applies
+    ONNX Runtime's own fusions at load time (an exported model needs no pre-optimisation to get them).
+    """
     import onnxruntime as ort
 
     path = Path(model_path)
     if not path.is_file():
         raise GamjeongError(f"ONNX model '{path}' does not exist.")
+    if graph_optimization not in ("disable", "basic", "extended", "all"):
+        raise GamjeongError(
+            f"Unknown graph optimisation level '{graph_optimization}'; choose disable, basic, extended or all."
+        )
+    for name, value in (("intra-op", intra_op_threads), ("inter-op", inter_op_threads)):
+        if value is not None and value < 0:
+            raise GamjeongError(f"The {name} thread count must be 0 (automatic) or more, not {value}.")
     options = ort.SessionOptions()
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -63,6 +85,25 @@ def create_session(
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types for corrupt files
-        raise GamjeongError(f"ONNX Runtime cannot load '{path}' (corrupt or truncated file?): {exc}") from exc
-    log.info("onnxruntime session for %s on %s", path.name, session.get_providers()[0])
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise GamjeongError(
+            f"ONNX Runtime cannot load '{path}' (corrupt or truncated file? re-run `gamjeong export`): {first_line}"
+        ) from exc
+    used = session.get_providers()[0]
+    if providers[0] != used:
+        # onnxruntime-gpu falls back to CPU silently when the CUDA libraries cannot be loaded
+        if provider == "cuda":
+            raise GamjeongError(
+                f"The {providers[0]} could not be initialised (CUDA or cuDNN libraries missing?); "
+                "check the CUDA installation or use --provider cpu."
+            )
+        log.warning("onnxruntime could not start %s; running %s on %s", providers[0], path.name, used)
+    log.info(
+        "onnxruntime session for %s on %s (graph optimisation %s, intra-op threads %s, inter-op threads %s)",
+        path.name,
+        used,
+        graph_optimization,
+        intra_op_threads or "auto",
+        inter_op_threads or "auto",
+    )
     return session

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, is_exported_dir
+from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, is_exported_dir, verify_manifest
 from gamjeong.errors import GamjeongError
 
 log = logging.getLogger(__name__)
@@ -170,13 +170,17 @@ class OnnxPredictor(Predictor):
         return {**super().info(), "provider": self.provider}
 
 
-def _onnx_precision(model_dir: Path) -> str:
-    manifest = model_dir / MANIFEST_FILE
-    if manifest.is_file():
-        quantization = json.loads(manifest.read_text(encoding="utf-8")).get("quantization") or {}
-        mode = quantization.get("mode") if isinstance(quantization, dict) else quantization
-        if mode and mode != "none":
-            return str(mode)
+def _onnx_precision(model_dir: Path, manifest: dict | None = None) -> str:
+    """The precision ("fp32", "int8" or "fp16"): the quantization mode recorded by `gamjeong export` in manifest.json."""
+    if manifest is None:
+        manifest_file = model_dir / MANIFEST_FILE
+        if not manifest_file.is_file():
+            return "fp32"
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    quantization = manifest.get("quantization") or {}
+    mode = quantization.get("mode") if isinstance(quantization, dict) else quantization
+    if mode and mode != "none":
+        return str(mode)
     return "fp32"
 
 
@@ -188,8 +192,13 @@ def load_predictor(
     torch_dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
     intra_op_threads: int | None = None,
     max_length: int | None = None,
+    verify: bool = True,
 ) -> Predictor:
-    """The predictor for a trained (PyTorch) or exported (ONNX) directory, chosen by what the directory holds."""
+    """The predictor for a trained (PyTorch) or exported (ONNX) directory, chosen by what the directory holds.
+
+    An exported directory is first checked against its manifest.json (sizes and sha256; `verify=False` skips this
+    for callers that already did it), so a truncated or edited model is refused with one sentence.
+    """
     from gamjeong.modeling import load_tokenizer, load_trained_model
 
     path = Path(model_dir).expanduser()
@@ -201,9 +210,12 @@ def load_predictor(
 
         if not is_exported_dir(path):
             raise GamjeongError(f"'{path}' has no {ONNX_MODEL_FILE}; run `gamjeong export` on it first.")
+        manifest = verify_manifest(path) if verify else None
         provider = "auto" if device == "auto" else device
-        session = create_session(path / ONNX_MODEL_FILE, provider=provider, intra_op_threads=intra_op_threads)  # type: ignore[arg-type]
-        return OnnxPredictor(session, load_tokenizer(path), precision=_onnx_precision(path), max_length=max_length)
+        session = create_session(path / ONNX_MODEL_FILE, provider=provider, intra_op_threads=intra_op_threads)
+        return OnnxPredictor(
+            session, load_tokenizer(path), precision=_onnx_precision(path, manifest), max_length=max_length
+        )
     model, tokenizer = load_trained_model(path)
     if intra_op_threads:
         import torch

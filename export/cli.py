@@ -1,0 +1,76 @@
+"""`gamjeong export`: trained model directory -> quantised ONNX directory with a parity gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gamjeong.errors import GamjeongError
+
+
+def _config_from_options(**options: object):
+    """The typed ExportConfig; a bad option value becomes one sentence naming the flag."""
+    from gamjeong.export.exporter import ExportConfig
+    from pydantic import ValidationError
+
+    try:
+        return ExportConfig(**options)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "option"
+        flag = "--" + field.replace("_", "-")
+        raise GamjeongError(f"Invalid {flag} {options.get(field)!r}: {error['msg']}.") from None
+
+
+def export_command(
+    model: Path = typer.Option(..., "--model", "-m", help="Trained model directory (from `gamjeong train`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to create for the exported model."),
+    quantize: str = typer.Option(
+        None, "--quantize", help="int8, fp16 or none (fp32). Default: int8 for CPU targets, fp16 for cuda."
+    ),
+    optimize: str = typer.Option("none", "--optimize", help="Optimum graph optimisation: none, O1, O2, O3, O4 (GPU)."),
+    target: str = typer.Option("auto", "--target", help="auto, avx512_vnni, avx2, arm64 or cuda."),
+    calibration_data: Path = typer.Option(
+        None, "--calibration-data", help="Texts (CSV/TSV/JSONL/XLSX with a text column) for static int8."
+    ),
+    calibration_samples: int = typer.Option(128, "--calibration-samples", help="At most this many calibration texts."),
+    per_channel: bool = typer.Option(False, "--per-channel", help="Per-channel int8 weights."),
+    parity_data: Path = typer.Option(
+        None, "--parity-data", help="Texts (and labels) for the parity gate; default: the model's validation split."
+    ),
+    parity_threshold: float = typer.Option(
+        None, "--parity-threshold", help="Minimum argmax agreement (default 0.995 fp32/fp16, 0.98 int8)."
+    ),
+    max_parity_texts: int = typer.Option(1000, "--max-parity-texts", help="At most this many parity texts."),
+    force: bool = typer.Option(
+        False, "--force", help="Publish even if the parity gate fails (marked in the manifest)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+    opset: int = typer.Option(None, "--opset", help="ONNX opset (default: Optimum's choice)."),
+) -> None:
+    """Export a trained model to ONNX with Optimum (optimise, quantise) and check parity with PyTorch."""
+    from gamjeong.export.exporter import export_model
+
+    config = _config_from_options(
+        model=model,
+        output=output,
+        quantize=quantize,
+        optimize=optimize,
+        target=target,
+        calibration_data=calibration_data,
+        calibration_samples=calibration_samples,
+        per_channel=per_channel,
+        parity_data=parity_data,
+        parity_threshold=parity_threshold,
+        max_parity_texts=max_parity_texts,
+        force=force,
+        overwrite=overwrite,
+        opset=opset,
+    )
+    published = export_model(config, report=lambda line: typer.echo(line, err=True))
+    typer.echo(str(published))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_command)

@@ -1,0 +1,352 @@
+"""`gamjeong export`: tiny DistilBERT -> fp32 / int8 / fp16 ONNX through Optimum, manifest, parity gate, bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import KOREAN_SENTENCES, korean_rows
+from typer.testing import CliRunner
+
+from gamjeong.artifacts import MANIFEST_FILE, ONNX_MODEL_FILE, PARITY_FILE, file_sha256, verify_manifest
+from gamjeong.errors import GamjeongError
+from gamjeong.labels import LABEL_NAMES
+
+TEXTS = [text for texts in KOREAN_SENTENCES.values() for text in texts]
+
+
+def _export(source: Path, output: Path, **settings):
+    from gamjeong.export.exporter import ExportConfig, export_model
+
+    return export_model(ExportConfig(model=source, output=output, **settings))
+
+
+def _run_cli(*args: str):
+    from gamjeong.cli import app
+
+    return CliRunner().invoke(app, ["export", *args])
+
+
+def _error_line(result) -> str:
+    """The CLI's message: exactly one `error: ...` line and no traceback."""
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    """The conftest tiny model plus the validation split a trained directory records (parity runs on it)."""
+    import pandas as pd
+
+    path = tmp_path_factory.mktemp("trained") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    (path / "splits").mkdir()
+    pd.DataFrame(korean_rows(), columns=["text", "label"]).to_csv(path / "splits" / "validation.csv", index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fp32_dir(trained_dir: Path, tmp_path_factory) -> Path:
+    return _export(trained_dir, tmp_path_factory.mktemp("exports") / "fp32", quantize="none")
+
+
+@pytest.fixture(scope="module")
+def int8_dir(trained_dir: Path, tmp_path_factory) -> Path:
+    return _export(trained_dir, tmp_path_factory.mktemp("exports") / "int8")  # int8 is the CPU default
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+# --- the exported directory ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("fixture", "mode"), [("fp32_dir", "none"), ("int8_dir", "int8")])
+def test_exported_dir_holds_model_tokenizer_config_manifest_and_parity(request, fixture: str, mode: str) -> None:
+    path: Path = request.getfixturevalue(fixture)
+    trained_dir: Path = request.getfixturevalue("trained_dir")
+    names = {p.name for p in path.iterdir()}
+    assert {ONNX_MODEL_FILE, "config.json", "tokenizer.json", MANIFEST_FILE, PARITY_FILE} <= names
+    assert not [n for n in names if n.endswith(".onnx") and n != ONNX_MODEL_FILE]  # no intermediates left around
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # the temporary directory is gone
+
+    manifest = _manifest(path)
+    assert manifest["quantization"]["mode"] == mode
+    assert manifest["labels"] == list(LABEL_NAMES)
+    assert manifest["source"]["weights_sha256"] == file_sha256(trained_dir / "model.safetensors")
+    assert manifest["opset"] >= 11
+    for dims in manifest["inputs"].values():  # dynamic batch and sequence axes
+        assert all(isinstance(d, str) for d in dims)
+    assert {"torch", "transformers", "optimum", "onnxruntime"} <= set(manifest["versions"])
+    assert manifest["forced"] is False
+    # every file but the manifest is listed, with its real size and sha256
+    assert set(manifest["files"]) == names - {MANIFEST_FILE}
+    for name, entry in manifest["files"].items():
+        assert entry == {"sha256": file_sha256(path / name), "size": (path / name).stat().st_size}
+    assert json.loads((path / "config.json").read_text())["id2label"]["6"] == "neutral"
+
+
+def test_graph_inputs_are_dynamic_in_the_onnx_file(int8_dir: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(int8_dir / ONNX_MODEL_FILE))
+    for graph_input in model.graph.input:
+        assert [d.dim_param for d in graph_input.type.tensor_type.shape.dim] == ["batch_size", "sequence_length"]
+
+
+def test_int8_is_dynamic_avx_quantised_and_smaller_than_fp32(fp32_dir: Path, int8_dir: Path) -> None:
+    quantization = _manifest(int8_dir)["quantization"]
+    assert quantization["approach"] == "dynamic"
+    assert quantization["preset"].startswith("AutoQuantizationConfig.")
+    assert "MatMul" in quantization["operators"]
+    assert (int8_dir / ONNX_MODEL_FILE).stat().st_size < 0.8 * (fp32_dir / ONNX_MODEL_FILE).stat().st_size
+
+
+@pytest.mark.parametrize("fixture", ["fp32_dir", "int8_dir"])
+def test_parity_report_on_the_validation_split(request, fixture: str) -> None:
+    path: Path = request.getfixturevalue(fixture)
+    parity = json.loads((path / PARITY_FILE).read_text(encoding="utf-8"))
+    assert parity["texts"] == len(korean_rows())
+    assert parity["source"].endswith("validation.csv")
+    assert parity["passed"] is True and parity["argmax_agreement"] >= parity["threshold"]
+    assert 0.0 <= parity["mean_abs_prob_diff"] <= parity["max_abs_prob_diff"] < 0.05
+    assert parity["reference_backend"] == "pytorch-fp32"
+    assert set(parity["reference"]) == set(parity["candidate"]) == {"accuracy", "macro_f1"}
+    assert _manifest(path)["parity"]["argmax_agreement"] == parity["argmax_agreement"]
+
+
+def test_load_predictor_serves_both_exports_like_pytorch(trained_dir: Path, fp32_dir: Path, int8_dir: Path) -> None:
+    from gamjeong.predictor import OnnxPredictor, load_predictor
+
+    torch_probs = load_predictor(trained_dir).predict_proba(TEXTS)
+    fp32 = load_predictor(fp32_dir)
+    int8 = load_predictor(int8_dir)
+    assert isinstance(fp32, OnnxPredictor) and isinstance(int8, OnnxPredictor)
+    assert (fp32.backend, int8.backend) == ("onnx-fp32", "onnx-int8")
+    fp32_probs = fp32.predict_proba(TEXTS)
+    np.testing.assert_allclose(fp32_probs, torch_probs, atol=1e-5)
+    assert (fp32_probs.argmax(1) == torch_probs.argmax(1)).all()
+    np.testing.assert_allclose(int8.predict_proba(TEXTS), torch_probs, atol=0.02)
+
+
+def test_fp16_export_runs_its_parity_on_cpu_without_a_gpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from gamjeong.predictor import load_predictor
+    from gamjeong.samples import load_samples
+
+    path = _export(tiny_model_dir, tmp_path / "fp16", quantize="fp16")  # no splits/: parity on the sample set
+    manifest = _manifest(path)
+    assert manifest["parity"]["source"].startswith("built-in Korean sample set")
+    assert manifest["parity"]["texts"] == len(load_samples())
+    assert manifest["quantization"]["mode"] == "fp16"
+    assert manifest["target"]["name"] == "cuda"
+    assert manifest["optimization"]["fp16"] is True
+    assert manifest["parity"]["passed"] is True
+    assert load_predictor(path).backend.startswith("onnx-fp16")
+
+
+def test_static_int8_with_calibration_data_after_o2_optimisation(trained_dir: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    calibration = tmp_path / "calibration.csv"
+    pd.DataFrame({"text": TEXTS}).to_csv(calibration, index=False)
+    path = _export(
+        trained_dir,
+        tmp_path / "static",
+        optimize="O2",
+        target="avx2",
+        calibration_data=calibration,
+        calibration_samples=10,
+        parity_data=calibration,  # unlabelled: agreement only
+        parity_threshold=0.0,  # a random tiny model says nothing about static int8 accuracy; the gate is tested below
+    )
+    manifest = _manifest(path)
+    assert manifest["optimization"]["level"] == "O2"
+    assert manifest["quantization"]["approach"] == "static"
+    assert manifest["quantization"]["calibration"]["texts"] == 10
+    assert manifest["parity"]["texts"] == len(TEXTS) and "reference" not in manifest["parity"]
+    assert manifest["target"] == {"name": "avx2", "requested": "avx2", "reason": "requested with --target"}
+    verify_manifest(path)
+
+
+# --- the manifest protects the served model -----------------------------------------------------------------------
+def test_verify_manifest_rejects_tampered_and_truncated_files(int8_dir: Path, tmp_path: Path) -> None:
+    from gamjeong.predictor import load_predictor
+
+    assert verify_manifest(int8_dir)["quantization"]["mode"] == "int8"
+    tampered = shutil.copytree(int8_dir, tmp_path / "tampered")
+    config = tampered / "config.json"
+    config.write_text(config.read_text().replace("neutral", "neutrAL"))  # same size, other content
+    with pytest.raises(GamjeongError, match=r"config\.json has a different sha256"):
+        verify_manifest(tampered)
+
+    truncated = shutil.copytree(int8_dir, tmp_path / "truncated")
+    data = (truncated / ONNX_MODEL_FILE).read_bytes()
+    (truncated / ONNX_MODEL_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(GamjeongError, match=r"does not match its manifest\.json \(model\.onnx has"):
+        load_predictor(truncated)
+
+    missing = shutil.copytree(int8_dir, tmp_path / "no-manifest")
+    (missing / MANIFEST_FILE).unlink()
+    with pytest.raises(GamjeongError, match=r"has no manifest\.json"):
+        load_predictor(missing)
+
+
+def test_create_session_refuses_a_corrupt_onnx_file(int8_dir: Path, tmp_path: Path) -> None:
+    from gamjeong.onnx_runtime import create_session
+
+    corrupt = tmp_path / ONNX_MODEL_FILE
+    data = (int8_dir / ONNX_MODEL_FILE).read_bytes()
+    corrupt.write_bytes(data[: len(data) // 3])
+    with pytest.raises(GamjeongError, match="corrupt or truncated"):
+        create_session(corrupt)
+    from gamjeong.onnx_runtime import cuda_available
+
+    if not cuda_available():
+        with pytest.raises(GamjeongError, match=r"CUDAExecutionProvider is not available .* use --provider cpu"):
+            create_session(int8_dir / ONNX_MODEL_FILE, provider="cuda")
+
+
+# --- the parity gate ----------------------------------------------------------------------------------------------
+def _disagreeing_parity(monkeypatch) -> None:
+    """Make the ONNX side disagree with PyTorch on half the texts (a tiny random model never does on its own)."""
+    from gamjeong.export import parity
+
+    real = parity.compare_predictors
+
+    def half_agreement(reference, candidate, texts, **kwargs):
+        return {**real(reference, candidate, texts, **kwargs), "argmax_agreement": 0.5}
+
+    monkeypatch.setattr(parity, "compare_predictors", half_agreement)
+
+
+def test_parity_gate_failure_exits_non_zero_and_leaves_nothing(trained_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    _disagreeing_parity(monkeypatch)
+    output = tmp_path / "out"
+    result = _run_cli("--model", str(trained_dir), "--output", str(output))
+    assert result.exit_code != 0
+    assert "Parity gate failed" in _error_line(result) and "--force" in _error_line(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_publishes_a_failed_gate_and_marks_the_manifest(trained_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    _disagreeing_parity(monkeypatch)
+    result = _run_cli("--model", str(trained_dir), "--output", str(tmp_path / "out"), "--quantize", "none", "--force")
+    assert result.exit_code == 0, result.output
+    manifest = _manifest(tmp_path / "out")
+    assert manifest["forced"] is True and manifest["parity"]["passed"] is False
+    assert manifest["parity"]["threshold"] == 0.995
+
+
+# --- bad input: one sentence, non-zero exit, no output left behind ------------------------------------------------
+def _no_head_dir(path: Path, tiny_tokenizer) -> Path:
+    from transformers import DistilBertModel
+
+    from gamjeong.modeling import distilbert_config
+
+    DistilBertModel(distilbert_config(len(tiny_tokenizer), real_size=False)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def _wrong_labels_dir(path: Path, trained_dir: Path) -> Path:
+    shutil.copytree(trained_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config["id2label"] = {"0": "positive", "1": "negative"}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "has no config.json"),
+        ("wrong-labels", "not a gamjeong emotion model"),
+        ("no-head", "no sequence-classification head"),
+        ("unknown-target", "Invalid --target 'tpu'"),
+        ("unknown-quantize", "Invalid --quantize 'int4'"),
+        ("int8-for-cuda", "int8 quantisation is for CPU targets"),
+        ("fp16-for-cpu", "fp16 models are for CUDA GPUs"),
+        ("calibration-without-int8", "--calibration-data is for static int8"),
+        ("output-not-empty", "already exists and is not empty"),
+    ],
+)
+def test_bad_input_is_one_sentence(case: str, expected: str, trained_dir: Path, tiny_tokenizer, tmp_path: Path) -> None:
+    model, extra = trained_dir, []
+    if case == "missing":
+        model = tmp_path / "nowhere"
+    elif case == "empty":
+        model = tmp_path / "empty"
+        model.mkdir()
+    elif case == "wrong-labels":
+        model = _wrong_labels_dir(tmp_path / "wrong", trained_dir)
+    elif case == "no-head":
+        model = _no_head_dir(tmp_path / "base", tiny_tokenizer)
+    extra = {
+        "unknown-target": ["--target", "tpu"],
+        "unknown-quantize": ["--quantize", "int4"],
+        "int8-for-cuda": ["--target", "cuda", "--quantize", "int8"],
+        "fp16-for-cpu": ["--target", "avx2", "--quantize", "fp16"],
+        "calibration-without-int8": [
+            "--quantize",
+            "none",
+            "--calibration-data",
+            str(trained_dir / "splits" / "validation.csv"),
+        ],
+    }.get(case, [])
+    output = tmp_path / "out"
+    if case == "output-not-empty":
+        output.mkdir()
+        (output / "keep.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = _run_cli("--model", str(model), "--output", str(output), *extra)
+    assert result.exit_code == 2, result.output
+    assert expected in _error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output and no temporary directory
+
+
+def test_full_disk_is_one_sentence_and_leaves_no_output(trained_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from gamjeong.export import exporter
+
+    def disk_full(path: Path, data: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(exporter, "write_json", disk_full)
+    result = _run_cli("--model", str(trained_dir), "--output", str(tmp_path / "out"), "--quantize", "none")
+    assert result.exit_code == 2
+    assert "disk is full" in _error_line(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_an_existing_export(trained_dir: Path, fp32_dir: Path, tmp_path: Path) -> None:
+    output = shutil.copytree(fp32_dir, tmp_path / "out")
+    result = _run_cli("--model", str(trained_dir), "--output", str(output), "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert _manifest(output)["quantization"]["mode"] == "int8"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# --- targets ------------------------------------------------------------------------------------------------------
+def test_auto_target_reads_the_machine() -> None:
+    from gamjeong.export.targets import detect_target
+
+    assert detect_target(cuda_present=True).name == "cuda"
+    assert detect_target(cuda_present=False, machine="aarch64").name == "arm64"
+    vnni = detect_target(cuda_present=False, machine="x86_64", cpu_flags={"avx2", "avx512f", "avx512_vnni"})
+    assert vnni.name == "avx512_vnni" and "avx512_vnni" in vnni.reason
+    assert detect_target(cuda_present=False, machine="x86_64", cpu_flags={"sse4_2", "avx2"}).name == "avx2"
+
+
+def test_o4_needs_a_gpu(trained_dir: Path, tmp_path: Path) -> None:
+    from gamjeong.onnx_runtime import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine has CUDA")
+    result = _run_cli("--model", str(trained_dir), "--output", str(tmp_path / "o4"), "--optimize", "O4")
+    assert result.exit_code == 2
+    assert "O4" in _error_line(result) and "CUDA" in _error_line(result)
