@@ -1,1 +1,21 @@
 """gamjeong.clients: generated gRPC stubs (v1/) and friendly Python clients."""
+
+from gamjeong.clients.client import (
+    AsyncEmotionClient,
+    ChatMessage,
+    ChatReply,
+    EmotionClient,
+    EmotionResult,
+    ModelInfo,
+    Timing,
+)
+
+__all__ = [
+    "AsyncEmotionClient",
+    "ChatMessage",
+    "ChatReply",
+    "EmotionClient",
+    "EmotionResult",
+    "ModelInfo",
+    "Timing",
+]

@@ -1,0 +1,219 @@
+"""The server's life cycle: listen, load and warm up the model, serve, and shut down gracefully.
+
+Health goes through NOT_SERVING (listening, model loading) -> SERVING (model loaded and warmed up) -> NOT_SERVING
+(shutting down: new calls refused, in-flight calls get `grace_s` to finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
+from gamjeong.server.auth import BearerTokenInterceptor
+from gamjeong.server.batcher import DynamicBatcher
+from gamjeong.server.metrics import ServerMetrics
+from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, describe_model
+from gamjeong.server.settings import ServerSettings
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gamjeong.errors import GamjeongError
+from gamjeong.predictor import Predictor, load_predictor
+
+log = logging.getLogger(__name__)
+
+# Warm-up inputs: a short message and one that fills the model's whole input length.
+_WARMUP_TEXTS = ("오늘 정말 행복해요", "가나다라마바사 " * 400)
+
+
+def default_predictor_factory(settings: ServerSettings) -> Callable[[], Predictor]:
+    def load() -> Predictor:
+        return load_predictor(
+            settings.model,
+            backend=settings.backend,
+            device=settings.device,
+            intra_op_threads=settings.intra_op_threads,
+            max_length=settings.max_length,
+        )
+
+    return load
+
+
+class GamjeongServer:
+    """One grpc.aio server with the classifier, health, reflection and a Prometheus endpoint."""
+
+    def __init__(self, settings: ServerSettings, predictor_factory: Callable[[], Predictor] | None = None) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self._predictor_factory = predictor_factory or default_predictor_factory(settings)
+        self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-model")
+        self._tokenizer_executor = ThreadPoolExecutor(
+            max_workers=settings.tokenizer_threads, thread_name_prefix="gamjeong-tokenizer"
+        )
+        self.servicer = EmotionClassifierServicer(settings, self.metrics, self._tokenizer_executor)
+        self.health = health.aio.HealthServicer()
+        self.batcher: DynamicBatcher | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopping = False
+
+    # --- start-up ---------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen (health NOT_SERVING), load and warm up the model, then report SERVING."""
+        await self.listen()
+        await self.load_model()
+
+    async def listen(self) -> None:
+        settings = self.settings
+        interceptors = [BearerTokenInterceptor(settings.auth_token, self.metrics)] if settings.auth_token else []
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+            ],
+        )
+        pb_grpc.add_EmotionClassifierServicer_to_server(self.servicer, server)
+        # The health servicer starts with "" SERVING; nothing is served before the model is warm.
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        address = f"{settings.host}:{settings.port}"
+        try:
+            if settings.tls_enabled:
+                cert, key, client_ca = settings.read_tls_files()
+                credentials = grpc.ssl_server_credentials(
+                    [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+                )
+                self.port = server.add_secure_port(address, credentials)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise GamjeongError(
+                f"Cannot listen on {address} ({exc}); is the port taken? Choose another --port."
+            ) from exc
+        if not self.port:
+            raise GamjeongError(f"Cannot listen on {address}; is the port taken? Choose another --port.")
+        await server.start()
+        self._server = server
+        if settings.metrics_port >= 0:
+            try:
+                self.metrics_port = self.metrics.serve_http(settings.metrics_host, settings.metrics_port)
+            except OSError as exc:
+                await server.stop(0)
+                raise GamjeongError(
+                    f"Cannot serve metrics on port {settings.metrics_port} ({exc.strerror}); "
+                    "choose another --metrics-port or -1 to turn metrics off."
+                ) from exc
+        log.info(
+            "listening",
+            extra={
+                "address": address,
+                "port": self.port,
+                "tls": settings.tls_enabled,
+                "mutual_tls": settings.tls_client_ca is not None,
+                "auth": bool(settings.auth_token),
+                "metrics_port": self.metrics_port,
+            },
+        )
+
+    async def load_model(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        predictor = await loop.run_in_executor(self._model_executor, self._predictor_factory)
+        loaded = time.perf_counter()
+        await loop.run_in_executor(self._model_executor, self._warm_up, predictor)
+        batcher = DynamicBatcher(
+            predictor,
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_tokens=self.settings.max_batch_tokens,
+            max_wait_ms=self.settings.max_wait_ms,
+            max_queue_size=self.settings.max_queue_size,
+            executor=self._model_executor,
+            metrics=self.metrics,
+        )
+        batcher.start()
+        self.batcher = batcher
+        model_info = describe_model(Path(self.settings.model), predictor, self.settings)
+        self.servicer.attach(predictor, batcher, model_info)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "model ready",
+            extra={
+                "model": str(self.settings.model),
+                "backend": predictor.backend,
+                "execution_provider": model_info.execution_provider,
+                "max_input_length": predictor.max_length,
+                "load_s": round(loaded - started, 3),
+                "warmup_s": round(time.perf_counter() - loaded, 3),
+            },
+        )
+
+    @staticmethod
+    def _warm_up(predictor: Predictor) -> None:
+        """One model call per warm-up text, so the first real call does not pay for lazy initialisation."""
+        for encoded in predictor.encode(list(_WARMUP_TEXTS)):
+            predictor.predict_encoded([encoded])
+
+    # --- shut-down --------------------------------------------------------------------------------------------
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, let in-flight calls finish within the grace period, stop."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        log.info("shutting down", extra={"grace_s": grace})
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)  # the batcher keeps running: in-flight calls still need the model
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.metrics.stop_http()
+        self._model_executor.shutdown(wait=False, cancel_futures=True)
+        self._tokenizer_executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+
+    async def serve_until_signalled(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully (a second signal skips the grace period)."""
+        loop = asyncio.get_running_loop()
+        signalled = asyncio.Event()
+        signals_seen = 0
+        background: set[asyncio.Future[None]] = set()
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            log.info("signal received", extra={"signal": signal.Signals(signum).name})
+            if signals_seen > 1 and self._server is not None:
+                background.add(asyncio.ensure_future(self._server.stop(0)))
+            signalled.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await self.listen()
+            load = asyncio.ensure_future(self.load_model())
+            await asyncio.wait({load, asyncio.ensure_future(signalled.wait())}, return_when=asyncio.FIRST_COMPLETED)
+            if load.done():
+                load.result()  # a model that fails to load ends the server with its error
+                await signalled.wait()
+            else:
+                load.cancel()
+        finally:
+            await self.stop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)

@@ -1,0 +1,228 @@
+"""The dynamic batcher shared by all RPCs: gather queued texts, group them by length, run the model once per group.
+
+Requests put already-tokenised texts in one queue and await one future per text. A single collector task takes up to
+`max_batch_size` texts once that many are waiting or the oldest has waited `max_wait_ms`, sorts them by length (so
+short texts are not padded to the longest one), splits them into groups of at most `max_batch_tokens` padded tokens,
+and runs each group on the model in a one-thread executor (so the event loop keeps serving while the model runs).
+Texts whose call was cancelled or whose deadline passed are dropped before the model sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+from gamjeong.server.metrics import ServerMetrics
+
+from gamjeong.predictor import EncodedText, Predictor
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """The queue holds max_queue_size texts already; the caller maps it to RESOURCE_EXHAUSTED."""
+
+
+class BatcherStoppedError(Exception):
+    """The server is shutting down and no longer runs the model; the caller maps it to UNAVAILABLE."""
+
+
+class DeadlinePassedError(Exception):
+    """The call's deadline passed while its text waited in the queue."""
+
+
+@dataclass(frozen=True)
+class TextOutcome:
+    """The model's answer for one text, with where its time went."""
+
+    probabilities: np.ndarray  # float32 [7]
+    queue_time_ns: int
+    inference_time_ns: int
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Queued:
+    encoded: EncodedText
+    future: asyncio.Future[TextOutcome]
+    enqueued_ns: int
+    deadline: float | None  # event-loop time, None for no deadline
+
+
+def group_by_length(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices grouped so that each group has <= max_batch_size texts and <= max_batch_tokens padded tokens.
+
+    Texts are sorted by length first, so each group pads to a width close to its own texts. A text longer than the
+    token budget on its own still runs, alone.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[i]  # sorted ascending: the newcomer is the widest
+        if current and (len(current) >= max_batch_size or (len(current) + 1) * width > max_batch_tokens):
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+class DynamicBatcher:
+    """Gathers texts from concurrent calls into model batches; one instance per server."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        max_wait_ms: float,
+        max_queue_size: int,
+        executor: Executor,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.predictor = predictor
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self._executor = executor
+        self._metrics = metrics
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    # --- the request side -------------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Texts waiting (dropped ones included until the collector skips them)."""
+        return len(self._queue)
+
+    def submit(
+        self, encoded: Sequence[EncodedText], deadline: float | None = None
+    ) -> list[asyncio.Future[TextOutcome]]:
+        """Queue the texts of one call; all or none. Raises QueueFullError or BatcherStoppedError."""
+        if self._stopped:
+            raise BatcherStoppedError
+        if len(self._queue) + len(encoded) > self.max_queue_size:
+            self._purge_dead()
+            if len(self._queue) + len(encoded) > self.max_queue_size:
+                raise QueueFullError
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter_ns()
+        futures = []
+        for item in encoded:
+            future: asyncio.Future[TextOutcome] = loop.create_future()
+            self._queue.append(_Queued(item, future, now, deadline))
+            futures.append(future)
+        self._metrics.queue_depth.set(len(self._queue))
+        self._wakeup.set()
+        return futures
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._collect_forever(), name="gamjeong-batcher")
+
+    async def stop(self) -> None:
+        """Stop collecting; texts still queued fail with BatcherStoppedError (call after in-flight calls finished)."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(BatcherStoppedError())
+        self._metrics.queue_depth.set(0)
+
+    # --- the collector ----------------------------------------------------------------------------------------
+    def _purge_dead(self) -> None:
+        self._queue = collections.deque(q for q in self._queue if not q.future.done())
+        self._metrics.queue_depth.set(len(self._queue))
+
+    def _is_live(self, item: _Queued, now: float) -> bool:
+        """False (and the text counted as dropped) for a cancelled call or a passed deadline."""
+        if item.future.done():  # the call was cancelled (client gone, deadline hit server-side)
+            self._metrics.texts_dropped.labels(reason="cancelled").inc()
+            return False
+        if item.deadline is not None and now >= item.deadline:
+            item.future.set_exception(DeadlinePassedError())
+            self._metrics.texts_dropped.labels(reason="deadline").inc()
+            return False
+        return True
+
+    async def _wait_for_batch(self) -> None:
+        """Return once max_batch_size texts are queued or the oldest has waited max_wait_ms."""
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        oldest_ns = self._queue[0].enqueued_ns
+        while len(self._queue) < self.max_batch_size:
+            remaining = self.max_wait_s - (time.perf_counter_ns() - oldest_ns) / 1e9
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Queued]:
+        loop_now = asyncio.get_running_loop().time()
+        taken: list[_Queued] = []
+        while self._queue and len(taken) < self.max_batch_size:
+            item = self._queue.popleft()
+            if self._is_live(item, loop_now):
+                taken.append(item)
+        self._metrics.queue_depth.set(len(self._queue))
+        return taken
+
+    async def _collect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wait_for_batch()
+            taken = self._take()
+            for indices in group_by_length(
+                [len(t.encoded.input_ids) for t in taken], self.max_batch_size, self.max_batch_tokens
+            ):
+                # Earlier groups took time: check again just before this one runs.
+                now = loop.time()
+                group = [taken[i] for i in indices if self._is_live(taken[i], now)]
+                if group:
+                    await self._run_group(loop, group)
+
+    async def _run_group(self, loop: asyncio.AbstractEventLoop, group: list[_Queued]) -> None:
+        started_ns = time.perf_counter_ns()
+        encoded = [item.encoded for item in group]
+        try:
+            probabilities = await loop.run_in_executor(self._executor, self.predictor.predict_encoded, encoded)
+        except Exception as exc:  # a model failure fails this group's calls, not the server
+            log.exception("model call failed", extra={"batch_size": len(group)})
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        inference_ns = time.perf_counter_ns() - started_ns
+        width = max(len(e.input_ids) for e in encoded)
+        self._metrics.batch_size.observe(len(group))
+        self._metrics.batch_tokens.observe(len(group) * width)
+        self._metrics.inference_latency.observe(inference_ns / 1e9)
+        self._metrics.texts_classified.inc(len(group))
+        for item, row in zip(group, probabilities, strict=True):
+            queue_ns = started_ns - item.enqueued_ns
+            self._metrics.queue_time.observe(queue_ns / 1e9)
+            if not item.future.done():  # cancelled while the model ran: nothing to deliver
+                item.future.set_result(TextOutcome(row, queue_ns, inference_ns, len(group)))

@@ -1,0 +1,426 @@
+"""The EmotionClassifier servicer: request validation, tokenisation off the event loop, and the three classifying RPCs
+on top of the shared dynamic batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from gamjeong.clients.v1 import emotion_pb2 as pb
+from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
+from gamjeong.server.batcher import (
+    BatcherStoppedError,
+    DeadlinePassedError,
+    DynamicBatcher,
+    QueueFullError,
+    TextOutcome,
+)
+from gamjeong.server.metrics import ServerMetrics
+from gamjeong.server.settings import ServerSettings
+
+from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
+from gamjeong.labels import EMOTIONS, NUM_LABELS
+from gamjeong.predictor import EncodedText, Predictor
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmotionClassifier"].full_name  # "gamjeong.v1.EmotionClassifier"
+# How many chunks of a ClassifyStream call are queued at once: enough to keep the model busy, few enough to leave
+# room in the queue for everybody else.
+STREAM_CHUNKS_IN_FLIGHT = 4
+
+
+class RequestError(Exception):
+    """A call (or one chat message) that fails with this gRPC status code and one-sentence message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Per-request options shared by the three classifying RPCs."""
+
+    top_k: int
+    refuse_truncation: bool
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gamjeong")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_model(model_dir: Path, predictor: Predictor, settings: ServerSettings) -> pb.ModelInfo:
+    """The GetModelInfo answer, from the predictor and whatever the artifacts say about the model."""
+    manifest = _read_json(model_dir / MANIFEST_FILE)
+    metrics = _read_json(model_dir / METRICS_FILE)
+    config = _read_json(model_dir / CONFIG_FILE)
+    base_model = ""
+    for source in (manifest, metrics, config):
+        for key in ("base_model", "_name_or_path"):
+            value = source.get(key)
+            if isinstance(value, str) and value and Path(value).name != model_dir.name:
+                base_model = value
+                break
+        if base_model:
+            break
+    model_name = str(manifest.get("model_name") or model_dir.resolve().name)
+    precision = predictor.backend.split("-")[1] if "-" in predictor.backend else "fp32"
+    provider = getattr(predictor, "provider", None) or f"pytorch-{predictor.device}"
+    return pb.ModelInfo(
+        model_name=model_name,
+        base_model=base_model,
+        labels=[pb.Label(id=e.id, name=e.name, name_ko=e.name_ko) for e in EMOTIONS],
+        quantization="none" if precision == "fp32" else precision,
+        backend=predictor.backend,
+        execution_provider=provider,
+        max_input_length=predictor.max_length,
+        limits=pb.Limits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.max_wait_ms,
+            max_texts_per_request=settings.max_texts_per_request,
+            max_stream_texts=settings.max_stream_texts,
+            max_queue_size=settings.max_queue_size,
+            max_text_chars=settings.max_text_chars,
+            default_truncation=pb.TRUNCATION_REFUSE if settings.truncation == "refuse" else pb.TRUNCATION_TRUNCATE,
+            max_message_bytes=settings.max_message_bytes,
+        ),
+        version=_version(),
+    )
+
+
+def emotion_result(outcome: TextOutcome, encoded: EncodedText, tokenization_ns: int, top_k: int) -> pb.EmotionResult:
+    probabilities = outcome.probabilities
+    ranked = np.argsort(-probabilities, kind="stable")
+    if 0 < top_k < NUM_LABELS:
+        ranked = ranked[:top_k]
+    best = EMOTIONS[int(ranked[0])]
+    return pb.EmotionResult(
+        label_id=best.id,
+        label=best.name,
+        label_ko=best.name_ko,
+        score=float(probabilities[best.id]),
+        scores=[
+            pb.LabelScore(
+                label_id=EMOTIONS[i].id,
+                label=EMOTIONS[i].name,
+                label_ko=EMOTIONS[i].name_ko,
+                score=float(probabilities[i]),
+            )
+            for i in (int(j) for j in ranked)
+        ],
+        truncated=encoded.truncated,
+        timing=pb.Timing(
+            tokenization_time_ns=tokenization_ns,
+            queue_time_ns=max(outcome.queue_time_ns, 0),
+            inference_time_ns=outcome.inference_time_ns,
+            num_tokens=len(encoded.input_ids),
+            batch_size=outcome.batch_size,
+        ),
+    )
+
+
+def _status_of_cancelled(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
+def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Counts the RPC by status code and times it; turns RequestError into the matching gRPC status."""
+
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+        def record(self: EmotionClassifierServicer, code: grpc.StatusCode, started: float) -> None:
+            self.metrics.requests.labels(method=method, code=code.name).inc()
+            self.metrics.request_latency.labels(method=method).observe(time.perf_counter() - started)
+
+        async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> grpc.StatusCode:
+            if isinstance(exc, RequestError):
+                code, message = exc.code, exc.message
+            else:
+                log.exception("unexpected error in %s", method)
+                code, message = grpc.StatusCode.INTERNAL, f"Internal error ({exc.__class__.__name__}); see server log."
+            await context.abort(code, message)
+            return code  # not reached: abort raises
+
+        if inspect.isasyncgenfunction(handler):
+
+            @functools.wraps(handler)
+            async def streaming(self: EmotionClassifierServicer, request: Any, context: Any) -> AsyncIterator[Any]:
+                started, code = time.perf_counter(), grpc.StatusCode.OK
+                try:
+                    self.check_ready()
+                    async for response in handler(self, request, context):
+                        yield response
+                except asyncio.CancelledError:
+                    code = _status_of_cancelled(context)
+                    raise
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                except Exception as exc:
+                    code = exc.code if isinstance(exc, RequestError) else grpc.StatusCode.INTERNAL
+                    await abort(context, exc)
+                finally:
+                    record(self, code, started)
+
+            return streaming
+
+        @functools.wraps(handler)
+        async def unary(self: EmotionClassifierServicer, request: Any, context: Any) -> Any:
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                self.check_ready()
+                return await handler(self, request, context)
+            except asyncio.CancelledError:
+                code = _status_of_cancelled(context)
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                code = exc.code if isinstance(exc, RequestError) else grpc.StatusCode.INTERNAL
+                await abort(context, exc)
+            finally:
+                record(self, code, started)
+
+        return unary
+
+    return decorate
+
+
+class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
+    """The four RPCs of gamjeong.v1.EmotionClassifier."""
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics, tokenizer_executor: Executor) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._tokenizer_executor = tokenizer_executor
+        self.predictor: Predictor | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.model_info: pb.ModelInfo | None = None
+
+    def attach(self, predictor: Predictor, batcher: DynamicBatcher, model_info: pb.ModelInfo) -> None:
+        """Called once the model is loaded and warmed up; until then every call gets UNAVAILABLE."""
+        self.predictor, self.batcher, self.model_info = predictor, batcher, model_info
+
+    def check_ready(self) -> None:
+        if self.batcher is None:
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, "The model is still loading; retry once health reports SERVING."
+            )
+
+    # --- validation and the shared classify path --------------------------------------------------------------
+    def _options(self, top_k: int, truncation: int) -> RequestOptions:
+        if truncation == pb.TRUNCATION_UNSPECIFIED:
+            refuse = self.settings.truncation == "refuse"
+        else:
+            refuse = truncation == pb.TRUNCATION_REFUSE
+        return RequestOptions(top_k=int(top_k), refuse_truncation=refuse)
+
+    def _check_count(self, texts: Sequence[str], limit: int, method: str, hint: str) -> None:
+        if not texts:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{method} needs at least one text.")
+        if len(texts) > limit:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{method} takes at most {limit} texts per request (got {len(texts)}); {hint}",
+            )
+
+    def _check_text(self, text: str, where: str) -> None:
+        if not text.strip():
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} is empty; send non-blank text.")
+        if len(text) > self.settings.max_text_chars:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{where} has {len(text)} characters, over the limit of {self.settings.max_text_chars}; "
+                "split it or shorten it.",
+            )
+
+    async def _encode(self, texts: Sequence[str]) -> tuple[list[EncodedText], int]:
+        """Tokenise in the tokenizer thread pool (the fast tokenizer releases the GIL); returns (encoded, ns)."""
+        assert self.predictor is not None
+        started = time.perf_counter_ns()
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            self._tokenizer_executor, self.predictor.encode, list(texts)
+        )
+        return encoded, time.perf_counter_ns() - started
+
+    def _check_truncation(self, encoded: Sequence[EncodedText], options: RequestOptions, where: Callable[[int], str]):
+        if not options.refuse_truncation:
+            return
+        assert self.predictor is not None
+        for i, e in enumerate(encoded):
+            if e.truncated:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{where(i)} is longer than the model's maximum input of {self.predictor.max_length} tokens "
+                    "and truncation was refused; shorten it or allow truncation.",
+                )
+
+    def _submit(
+        self, encoded: Sequence[EncodedText], context: grpc.aio.ServicerContext
+    ) -> list[Awaitable[TextOutcome]]:
+        assert self.batcher is not None
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+        try:
+            return self.batcher.submit(encoded, deadline)
+        except QueueFullError:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"The server's queue is full ({self.settings.max_queue_size} texts waiting); retry with backoff.",
+            ) from None
+        except BatcherStoppedError:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "The server is shutting down; retry elsewhere.") from None
+
+    async def _classify(
+        self,
+        texts: Sequence[str],
+        options: RequestOptions,
+        context: grpc.aio.ServicerContext,
+        where: Callable[[int], str],
+    ) -> list[pb.EmotionResult]:
+        """Tokenise, check truncation, queue, await: one result per text, in order."""
+        encoded, tokenization_ns = await self._encode(texts)
+        self._check_truncation(encoded, options, where)
+        futures = self._submit(encoded, context)
+        try:
+            outcomes = await asyncio.gather(*futures)
+        except asyncio.CancelledError:
+            for future in futures:  # gather cancels them too; be explicit: the batcher must drop these texts
+                future.cancel()  # type: ignore[attr-defined]
+            raise
+        except DeadlinePassedError:
+            raise RequestError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "The deadline passed while the texts waited in the queue."
+            ) from None
+        except BatcherStoppedError:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "The server is shutting down; retry elsewhere.") from None
+        return [emotion_result(o, e, tokenization_ns, options.top_k) for o, e in zip(outcomes, encoded, strict=True)]
+
+    # --- RPCs ---------------------------------------------------------------------------------------------------
+    @_observed("Classify")
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        texts = list(request.texts)
+        self._check_count(
+            texts, self.settings.max_texts_per_request, "Classify", "split them or use ClassifyStream for bulk jobs."
+        )
+        for i, text in enumerate(texts):
+            self._check_text(text, f"texts[{i}]")
+        options = self._options(request.top_k, request.truncation)
+        results = await self._classify(texts, options, context, lambda i: f"texts[{i}]")
+        return pb.ClassifyResponse(results=results)
+
+    @_observed("ClassifyStream")
+    async def ClassifyStream(
+        self, request: pb.ClassifyStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ClassifyStreamResponse]:
+        texts = list(request.texts)
+        self._check_count(texts, self.settings.max_stream_texts, "ClassifyStream", "split the job into several calls.")
+        for i, text in enumerate(texts):
+            self._check_text(text, f"texts[{i}]")
+        options = self._options(request.top_k, request.truncation)
+        chunk = self.settings.max_batch_size
+        in_flight: deque[tuple[int, asyncio.Task[list[pb.EmotionResult]]]] = deque()
+        next_offset = 0
+        try:
+            while next_offset < len(texts) or in_flight:
+                # Keep a few chunks queued so the batcher always has the next one while this one is sent.
+                while next_offset < len(texts) and len(in_flight) < STREAM_CHUNKS_IN_FLIGHT:
+                    offset = next_offset
+                    job = asyncio.ensure_future(
+                        self._classify(
+                            texts[offset : offset + chunk], options, context, lambda i, o=offset: f"texts[{o + i}]"
+                        )
+                    )
+                    in_flight.append((offset, job))
+                    next_offset += chunk
+                offset, job = in_flight.popleft()
+                yield pb.ClassifyStreamResponse(offset=offset, results=await job)
+        finally:
+            for _, job in in_flight:
+                job.cancel()
+
+    @_observed("ClassifyChat")
+    async def ClassifyChat(
+        self, request_iterator: AsyncIterator[pb.ChatMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatResult]:
+        # A reader task takes messages as they arrive and starts one job per message; this generator answers the jobs
+        # in arrival order. A semaphore bounds the jobs of one stream, so a fast sender is slowed by flow control.
+        jobs: asyncio.Queue[asyncio.Task[pb.ChatResult]] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.settings.max_queue_size)
+
+        async def read() -> None:
+            async for message in request_iterator:
+                await slots.acquire()
+                job = asyncio.ensure_future(self._chat_one(message, context))
+                job.add_done_callback(lambda _: slots.release())
+                jobs.put_nowait(job)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                if not jobs.empty():
+                    yield await jobs.get_nowait()
+                    continue
+                if reader.done():
+                    reader.result()  # re-raise a failed read
+                    return
+                getter = asyncio.ensure_future(jobs.get())
+                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield await getter.result()
+                else:
+                    getter.cancel()
+        finally:
+            reader.cancel()
+            while not jobs.empty():
+                jobs.get_nowait().cancel()
+
+    async def _chat_one(self, message: pb.ChatMessage, context: grpc.aio.ServicerContext) -> pb.ChatResult:
+        """The result of one chat message; a problem with it becomes an error result, never a failed stream."""
+        answer = pb.ChatResult(id=message.id, conversation_id=message.conversation_id)
+        where = f"message {message.id!r}"
+        try:
+            self._check_text(message.text, where)
+            options = self._options(message.top_k, message.truncation)
+            (result,) = await self._classify([message.text], options, context, lambda _: where)
+            answer.result.CopyFrom(result)
+        except RequestError as exc:
+            answer.error.CopyFrom(pb.Error(code=exc.code.value[0], message=exc.message))
+        return answer
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        if self.model_info is None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "The model is still loading; retry once health reports SERVING."
+            )
+        assert self.model_info is not None
+        return self.model_info

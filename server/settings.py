@@ -1,0 +1,98 @@
+"""The one settings object of `gamjeong serve`: command-line flags override GAMJEONG_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gamjeong.errors import GamjeongError
+
+TruncationPolicy = Literal["truncate", "refuse"]
+Backend = Literal["auto", "pytorch", "onnx"]
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server can be told. Each field is also read from GAMJEONG_<FIELD> (e.g. GAMJEONG_PORT=50051)."""
+
+    model_config = SettingsConfigDict(env_prefix="GAMJEONG_", extra="forbid")
+
+    model: Path = Field(description="Model directory: an exported one (ONNX) or a trained one (PyTorch).")
+    backend: Backend = Field("auto", description="auto: ONNX for an exported directory, PyTorch for a trained one.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="CUDA when available (auto), or force one.")
+    host: str = Field("[::]", description="Address to listen on.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one).")
+    metrics_port: int = Field(9464, ge=-1, le=65535, description="Prometheus HTTP port (0: pick a free one, -1: off).")
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics endpoint listens on.")
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one model call.")
+    max_batch_tokens: int = Field(8192, ge=1, description="Most padded tokens (texts x longest) in one model call.")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="How long a non-full batch waits for more texts.")
+    max_texts_per_request: int = Field(64, ge=1, description="Most texts in one Classify request.")
+    max_stream_texts: int = Field(100_000, ge=1, description="Most texts in one ClassifyStream request.")
+    max_queue_size: int = Field(1024, ge=1, description="Most texts waiting for the model; beyond: RESOURCE_EXHAUSTED.")
+    max_text_chars: int = Field(10_000, ge=1, description="Most characters in one text (INVALID_ARGUMENT beyond).")
+    max_length: int | None = Field(None, ge=2, description="Max input tokens (default: the tokenizer's, <= 512).")
+    truncation: TruncationPolicy = Field("truncate", description="Default for texts over the token limit.")
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest gRPC message in or out.")
+    grace_s: float = Field(10.0, ge=0, description="Seconds in-flight calls get to finish on SIGTERM/SIGINT.")
+    intra_op_threads: int | None = Field(None, ge=1, description="Threads per model call (default: the runtime's).")
+    tokenizer_threads: int = Field(1, ge=1, description="Threads tokenising requests off the event loop.")
+
+    tls_cert: Path | None = Field(None, description="PEM server certificate (with --tls-key: serve TLS).")
+    tls_key: Path | None = Field(None, description="PEM private key of the server certificate.")
+    tls_client_ca: Path | None = Field(None, description="PEM CA that client certificates must chain to (mutual TLS).")
+    auth_token: str | None = Field(None, description="Bearer token every call must carry (health checks excepted).")
+
+    log_format: Literal["json", "text"] = Field("json", description="Structured JSON log lines, or plain text.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key too")
+        if self.max_texts_per_request > self.max_queue_size:
+            raise ValueError(
+                f"max_texts_per_request ({self.max_texts_per_request}) cannot exceed max_queue_size "
+                f"({self.max_queue_size}), or a full-size request could never be queued"
+            )
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ValueError("the auth token is empty; leave it unset to turn auth off")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    def read_tls_files(self) -> tuple[bytes, bytes, bytes | None]:
+        """(certificate, key, client CA or None) read from disk, with one clear error for a missing file."""
+        assert self.tls_cert is not None and self.tls_key is not None
+        contents = []
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
+            if path is None:
+                contents.append(None)
+                continue
+            try:
+                contents.append(Path(path).expanduser().read_bytes())
+            except OSError as exc:
+                raise GamjeongError(f"Cannot read TLS file '{path}' ({exc.strerror}); check the path.") from exc
+        return contents[0], contents[1], contents[2]  # type: ignore[return-value]
+
+
+def load_settings(**overrides: object) -> ServerSettings:
+    """Settings from the environment with the given (flag) values on top; None means "not given"."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return ServerSettings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')} is required"
+            if err["type"] == "missing"
+            else f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise GamjeongError(f"Invalid server settings ({problems}); fix the flag or GAMJEONG_* variable.") from None
