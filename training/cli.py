@@ -47,5 +47,198 @@ def inspect_command(
         render_inspection(result, console)
 
 
+def train_command(
+    data: Path = typer.Option(
+        ..., "--data", help="Labelled data: a file, or a folder with train, dev/validation and test files."
+    ),
+    output: Path = typer.Option(
+        ..., "--output", help="Directory for the trained model (the artifact later stages read)."
+    ),
+    base_model: str = typer.Option(
+        None,
+        "--base-model",
+        help="Hugging Face model id or local directory of any encoder (default: distilbert-base-multilingual-cased).",
+    ),
+    eval_data: Path | None = typer.Option(
+        None, "--eval-data", help="Validation file (default: the folder's dev file, else 10% of --data)."
+    ),
+    test_data: Path | None = typer.Option(
+        None, "--test-data", help="Test file (default: the folder's test file, else 10% of --data when no --eval-data)."
+    ),
+    text_column: str | None = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
+    label_column: str | None = typer.Option(None, "--label-column", help=LABEL_COLUMN_HELP),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    epochs: float = typer.Option(3.0, "--epochs", help="Training epochs."),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Batch size per device."),
+    gradient_accumulation_steps: int = typer.Option(
+        1, "--gradient-accumulation-steps", help="Batches per optimizer step."
+    ),
+    learning_rate: float = typer.Option(5e-5, "--learning-rate", help="Peak learning rate (linear warm-up and decay)."),
+    max_length: int = typer.Option(
+        128, "--max-length", help="Tokens per text; longer texts are truncated (saved with the model)."
+    ),
+    seed: int = typer.Option(42, "--seed", help="Seed for the split, the head's initialisation and the data order."),
+    class_weights: str = typer.Option(
+        "auto", "--class-weights", help="auto: weight the loss by inverse class frequency; none: plain cross-entropy."
+    ),
+    early_stopping_patience: int = typer.Option(
+        3,
+        "--early-stopping-patience",
+        help="Evaluations without a better validation macro-F1 before stopping (0: never stop early).",
+    ),
+    folds: int | None = typer.Option(
+        None, "--folds", help="Also run stratified K-fold cross-validation on train+validation and report mean ± std."
+    ),
+    eval_steps: int | None = typer.Option(
+        None, "--eval-steps", help="Evaluate and checkpoint every N steps (default: once per epoch)."
+    ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16/fp16 on a GPU, fp32 on a CPU), fp32, bf16 or fp16."
+    ),
+    resume_from_checkpoint: str | None = typer.Option(
+        None, "--resume-from-checkpoint", help="Continue an interrupted run: a checkpoint folder, or 'last'."
+    ),
+    keep_checkpoints: bool = typer.Option(
+        False, "--keep-checkpoints", help="Keep the Trainer checkpoints in OUTPUT/checkpoints."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --output."),
+) -> None:
+    """Fine-tune an encoder on labelled Korean text and write the trained model directory."""
+    from gamjeong.training.train import TrainConfig, train
+    from pydantic import ValidationError
+
+    from gamjeong.errors import GamjeongError
+    from gamjeong.modeling import DEFAULT_BASE_MODEL
+
+    try:
+        config = TrainConfig(
+            data=data,
+            output=output,
+            base_model=base_model or DEFAULT_BASE_MODEL,
+            eval_data=eval_data,
+            test_data=test_data,
+            text_column=text_column,
+            label_column=label_column,
+            encoding=encoding,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            learning_rate=learning_rate,
+            max_length=max_length,
+            seed=seed,
+            class_weights=class_weights,
+            early_stopping_patience=early_stopping_patience,
+            folds=folds,
+            eval_steps=eval_steps,
+            precision=precision,
+            resume_from_checkpoint=resume_from_checkpoint,
+            keep_checkpoints=keep_checkpoints,
+            overwrite=overwrite,
+        )
+    except ValidationError as exc:
+        raise GamjeongError(_one_sentence(exc)) from None
+    result = train(config)
+    metrics_file = result / "metrics.json"
+    if metrics_file.is_file():
+        import json
+
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        typer.echo(
+            f"Trained model written to {result} ({metrics['split']} accuracy {metrics['accuracy']:.4f}, "
+            f"macro-F1 {metrics['macro_f1']:.4f})."
+        )
+
+
+def evaluate_command(
+    model: Path = typer.Option(..., "--model", help="A trained or exported model directory."),
+    data: Path | None = typer.Option(None, "--data", help="Labelled data file (default: the model's splits/test.csv)."),
+    output: Path | None = typer.Option(
+        None, "--output", help="Write metrics.json, classification_report.txt and confusion_matrix.png here."
+    ),
+    text_column: str | None = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
+    label_column: str | None = typer.Option(None, "--label-column", help=LABEL_COLUMN_HELP),
+    encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", help="Texts per inference batch."),
+    backend: str = typer.Option(
+        "auto", "--backend", help="auto (ONNX for an exported directory, else PyTorch), pytorch or onnx."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Accuracy, macro-F1, per-class scores and the confusion matrix of a model on labelled data."""
+    from gamjeong.training.evaluation import EvaluateConfig, evaluate, format_classification_report
+    from pydantic import ValidationError
+
+    from gamjeong.errors import GamjeongError
+
+    try:
+        config = EvaluateConfig(
+            model=model,
+            data=data,
+            output=output,
+            text_column=text_column,
+            label_column=label_column,
+            encoding=encoding,
+            batch_size=batch_size,
+            backend=backend,
+        )
+    except ValidationError as exc:
+        raise GamjeongError(_one_sentence(exc)) from None
+    metrics = evaluate(config)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
+        return
+    typer.echo(format_classification_report(metrics, f"{metrics['model']} on {metrics['data']} ({metrics['backend']})"))
+    if output is not None:
+        typer.echo(f"Report written to {output}.")
+
+
+def classify_command(
+    texts: list[str] = typer.Argument(..., help="Korean texts to classify."),
+    model: Path | None = typer.Option(None, "--model", help="A trained or exported model directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a list of results) instead of a table."),
+    backend: str = typer.Option(
+        "auto", "--backend", help="auto (ONNX for an exported directory, else PyTorch), pytorch or onnx."
+    ),
+) -> None:
+    """Each text's emotion (English and Korean name) with all seven probabilities."""
+    from gamjeong.training.classify import (
+        ClassifyConfig,
+        classifications_json,
+        classify_with_model,
+        render_classifications,
+    )
+    from pydantic import ValidationError
+
+    from gamjeong.errors import GamjeongError
+
+    try:
+        config = ClassifyConfig(texts=texts, model=model, backend=backend)
+    except ValidationError as exc:
+        raise GamjeongError(_one_sentence(exc)) from None
+    results = classify_with_model(config)
+    if as_json:
+        typer.echo(classifications_json(results))
+    else:
+        from rich.console import Console
+
+        render_classifications(results, Console())
+
+
+def _one_sentence(exc) -> str:
+    """A pydantic validation error as one sentence naming the flag."""
+    error = exc.errors()[0]
+    flag = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
+    return f"Invalid value for {flag}: {error['msg']}."
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+    app.command("classify")(classify_command)

@@ -1,0 +1,522 @@
+"""Fine-tuning any Hugging Face encoder on the seven emotions with the Hugging Face Trainer.
+
+The Trainer gives mixed precision on GPU, gradient accumulation, checkpoints and resume, and multi-GPU runs under
+torchrun/accelerate. We add class-weighted cross-entropy, early stopping on validation macro-F1, K-fold
+cross-validation and the trained model directory (see gamjeong/artifacts.py) that export and the server read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from gamjeong.artifacts import CONFIG_FILE, METRICS_FILE, SPLITS_DIR, TEST_SPLIT, VALIDATION_SPLIT
+from gamjeong.errors import GamjeongError
+from gamjeong.labels import EMOTIONS, NUM_LABELS
+from gamjeong.modeling import DEFAULT_BASE_MODEL
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"  # Trainer's working folder inside --output; removed after a successful run
+TRAIN_SPLIT = "train.csv"
+MODEL_CARD_FILE = "README.md"
+
+
+class TrainConfig(BaseModel):
+    """Everything `gamjeong train` needs; the CLI flags map one to one onto these fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path  # a file, or a folder with train / dev (validation) / test files
+    output: Path
+    eval_data: Path | None = None
+    test_data: Path | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    encoding: str | None = None
+    base_model: str = DEFAULT_BASE_MODEL
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs
+    batch_size: int = Field(32, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(128, ge=8, le=8192)
+    seed: int = 42
+    class_weights: Literal["auto", "none"] = "auto"
+    early_stopping_patience: int = Field(3, ge=0)  # evaluations without improvement; 0 turns early stopping off
+    folds: int | None = Field(None, ge=2)  # K-fold cross-validation on train+validation before the final run
+    eval_steps: int | None = Field(None, ge=1)  # default: once per epoch (or once at the end of a shorter run)
+    logging_steps: int | None = Field(None, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on a GPU, fp32 on a CPU
+    resume_from_checkpoint: str | None = None  # a checkpoint folder, or "last" for the newest one in --output
+    keep_checkpoints: bool = False
+    overwrite: bool = False
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    trainer: object  # transformers.Trainer, holding the best model
+    best_metric: float | None
+    best_checkpoint: str | None
+    stopped_early: bool
+    runtime_s: float
+
+
+# --- pieces ------------------------------------------------------------------------------------------------------
+def class_weights_for(labels: np.ndarray) -> np.ndarray:
+    """'Balanced' weights n / (classes x count): each class contributes equally to the loss; absent classes get 1."""
+    counts = np.bincount(labels, minlength=NUM_LABELS).astype(np.float64)
+    present = counts > 0
+    weights = np.ones(NUM_LABELS)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def _encoded_dataset(tokenizer, texts: list[str], labels: list[int], max_length: int):
+    import torch
+
+    # No token_type_ids: the predictor feeds input_ids and attention_mask only, so training must match it.
+    encodings = tokenizer(texts, truncation=True, max_length=max_length, return_token_type_ids=False)
+
+    class EncodedTexts(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(labels)
+
+        def __getitem__(self, index: int) -> dict:
+            return {
+                "input_ids": encodings["input_ids"][index],
+                "attention_mask": encodings["attention_mask"][index],
+                "labels": labels[index],
+            }
+
+    return EncodedTexts()
+
+
+def _make_trainer_class():
+    import torch
+    from transformers import Trainer
+
+    class WeightedLossTrainer(Trainer):
+        """Trainer with (optionally class-weighted) cross-entropy computed here, in float32."""
+
+        def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.class_weights = class_weights
+            # Our loss is a mean over the batch, so the Trainer must divide it by the accumulation steps itself.
+            self.model_accepts_loss_kwargs = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weight = None if self.class_weights is None else self.class_weights.to(outputs.logits.device)
+            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedLossTrainer
+
+
+def _trainer_metrics(eval_prediction) -> dict[str, float]:
+    from gamjeong.training.evaluation import compute_metrics
+
+    from gamjeong.predictor import softmax
+
+    logits = (
+        eval_prediction.predictions[0]
+        if isinstance(eval_prediction.predictions, tuple)
+        else eval_prediction.predictions
+    )
+    metrics = compute_metrics(eval_prediction.label_ids, softmax(np.asarray(logits, dtype=np.float32)))
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+
+def _mixed_precision(choice: str) -> dict[str, bool]:
+    import torch
+
+    if choice == "auto":
+        if not torch.cuda.is_available():
+            return {}
+        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise GamjeongError("fp16 training needs a CUDA GPU; use --precision bf16 or fp32 on a CPU.")
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def _check_max_length(model, config: TrainConfig) -> None:
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and config.max_length > positions:
+        raise GamjeongError(
+            f"--max-length {config.max_length} is longer than '{config.base_model}' supports ({positions} positions); "
+            f"use --max-length {positions} or less."
+        )
+
+
+def _fit(
+    config: TrainConfig,
+    tokenizer,
+    train_texts: list[str],
+    train_labels: list[int],
+    validation_texts: list[str],
+    validation_labels: list[int],
+    work_dir: Path,
+    *,
+    resume_from_checkpoint: str | None = None,
+) -> FitResult:
+    """One Trainer run: train, evaluate every eval_steps, keep the checkpoint with the best validation macro-F1."""
+    import torch
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments, set_seed
+
+    from gamjeong.modeling import load_base_model_for_training
+
+    set_seed(config.seed)  # before the model is built, so the new classification head is reproducible too
+    model = load_base_model_for_training(config.base_model)
+    _check_max_length(model, config)
+    train_dataset = _encoded_dataset(tokenizer, train_texts, train_labels, config.max_length)
+    validation_dataset = _encoded_dataset(tokenizer, validation_texts, validation_labels, config.max_length)
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(
+        1, math.ceil(len(train_texts) / (config.batch_size * config.gradient_accumulation_steps * world_size))
+    )
+    total_steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
+    eval_steps = config.eval_steps or min(steps_per_epoch, total_steps)
+    logging_steps = config.logging_steps or max(1, min(50, eval_steps // 4))
+
+    weights = None
+    if config.class_weights == "auto":
+        weights = torch.tensor(class_weights_for(np.asarray(train_labels)), dtype=torch.float32)
+        log.info("class weights: %s", dict(zip([e.name for e in EMOTIONS], weights.tolist(), strict=True)))
+
+    arguments = TrainingArguments(
+        output_dir=str(work_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size * 2,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,  # the best checkpoint is always kept on top of the newest
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        logging_steps=logging_steps,
+        group_by_length=True,  # batches of similar length: much less padding with dynamic padding
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=not config.progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **_mixed_precision(config.precision),
+    )
+    callbacks = []
+    if config.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = _make_trainer_class()(
+        model=model,
+        args=arguments,
+        train_dataset=train_dataset,
+        eval_dataset=validation_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_trainer_metrics,
+        callbacks=callbacks,
+        class_weights=weights,
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    runtime = time.perf_counter() - started
+    state = trainer.state
+    return FitResult(
+        trainer=trainer,
+        best_metric=state.best_metric,
+        best_checkpoint=Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
+        stopped_early=state.global_step < state.max_steps,  # max_steps: the planned number of steps
+        runtime_s=runtime,
+    )
+
+
+def _resolve_resume(config: TrainConfig, work_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if config.resume_from_checkpoint is None:
+        return None
+    if config.resume_from_checkpoint == "last":
+        last = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+        if last is None:
+            raise GamjeongError(
+                f"There is no checkpoint to resume from in '{work_dir}'; start without --resume-from-checkpoint."
+            )
+        return last
+    checkpoint = Path(config.resume_from_checkpoint).expanduser()
+    if not (checkpoint / "trainer_state.json").is_file():
+        raise GamjeongError(f"'{checkpoint}' is not a Trainer checkpoint (it has no trainer_state.json).")
+    return str(checkpoint)
+
+
+def _cross_validate(config: TrainConfig, tokenizer, splits, work_dir: Path) -> dict:
+    """Stratified K-fold on train+validation (the test split stays untouched); per-fold and mean/std metrics."""
+    import pandas as pd
+    from gamjeong.training.evaluation import compute_metrics
+    from sklearn.model_selection import StratifiedKFold
+
+    from gamjeong.predictor import softmax
+
+    pool = pd.concat([splits.train, splits.validation], ignore_index=True)
+    labels = pool["label"].to_numpy()
+    if np.bincount(labels).max() < config.folds:
+        raise GamjeongError(
+            f"--folds {config.folds} needs at least {config.folds} rows of some class; use fewer folds."
+        )
+    folds = StratifiedKFold(n_splits=config.folds, shuffle=True, random_state=config.seed)
+    results = []
+    for number, (train_index, held_out_index) in enumerate(folds.split(pool["text"], labels), start=1):
+        log.warning("cross-validation: fold %d of %d", number, config.folds)
+        fold_dir = work_dir / f"fold-{number}"
+        fit = _fit(
+            config,
+            tokenizer,
+            pool["text"].iloc[train_index].tolist(),
+            labels[train_index].tolist(),
+            pool["text"].iloc[held_out_index].tolist(),
+            labels[held_out_index].tolist(),
+            fold_dir,
+        )
+        prediction = fit.trainer.predict(fit.trainer.eval_dataset)
+        metrics = compute_metrics(prediction.label_ids, softmax(np.asarray(prediction.predictions, dtype=np.float32)))
+        results.append(
+            {
+                "fold": number,
+                "train_examples": len(train_index),
+                "held_out_examples": len(held_out_index),
+                "accuracy": metrics["accuracy"],
+                "macro_f1": metrics["macro_f1"],
+                "per_class_f1": {name: row["f1"] for name, row in metrics["per_class"].items()},
+            }
+        )
+        shutil.rmtree(fold_dir, ignore_errors=True)
+    summary = {
+        key: {
+            "mean": float(np.mean([r[key] for r in results])),
+            "std": float(np.std([r[key] for r in results], ddof=1)),
+        }
+        for key in ("accuracy", "macro_f1")
+    }
+    return {
+        "folds": config.folds,
+        "pool": f"train + validation ({len(pool)} rows), stratified, seed {config.seed}; the test split is not used",
+        "per_fold": results,
+        **summary,
+        "final_model": "the saved model is a separate run on the train split, early-stopped on the validation split; "
+        "the folds estimate how much the scores vary",
+    }
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("gamjeong", "torch", "transformers", "tokenizers", "accelerate", "scikit-learn", "numpy", "pandas"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return versions
+
+
+def _model_card(config: TrainConfig, splits, metrics: dict, training: dict, cross_validation: dict | None) -> str:
+    counts = splits.class_counts()
+    names = list(counts)
+    lines = [
+        "# gamjeong emotion classifier",
+        "",
+        f"Korean emotion classification into seven classes, fine-tuned from `{config.base_model}` with `gamjeong train`.",
+        "",
+        "## Data",
+        "",
+        f"Source: `{config.data}`. Splits: {splits.split_note}.",
+        "",
+        "| class | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for emotion in EMOTIONS:
+        lines.append(
+            f"| {emotion.id} {emotion.name} {emotion.name_ko} | "
+            + " | ".join(str(counts[n][emotion.name]) for n in names)
+            + " |"
+        )
+    lines.append("| total | " + " | ".join(str(sum(counts[n].values())) for n in names) + " |")
+    lines += ["", "Cleaning (rows dropped per file):", ""]
+    lines += [f"- {split}: {report.summary()}" for split, report in splits.files.items()]
+    lines += [f"- {what}: {count}" for what, count in splits.overlap.items()]
+    hyper = config.model_dump(mode="json", exclude={"progress", "overwrite", "keep_checkpoints"})
+    lines += ["", "## Hyper-parameters", "", "```json", json.dumps(hyper, indent=2, ensure_ascii=False), "```", ""]
+    lines += [
+        "## Training",
+        "",
+        f"- steps: {training['global_step']} ({training['epochs_completed']:.2f} epochs), "
+        f"best checkpoint: {training['best_checkpoint']} (validation macro-F1 {training['best_validation_macro_f1']})",
+        f"- stopped early: {training['stopped_early']}; wall time {training['train_runtime_s']:.0f} s on {training['device']}",
+        "",
+        f"## Metrics ({metrics['split']} split, {metrics['num_examples']} texts)",
+        "",
+        f"Accuracy **{metrics['accuracy']:.4f}**, macro-F1 **{metrics['macro_f1']:.4f}**, weighted F1 {metrics['weighted_f1']:.4f}.",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for emotion in EMOTIONS:
+        row = metrics["per_class"][emotion.name]
+        lines.append(
+            f"| {emotion.name} {emotion.name_ko} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"
+        )
+    if cross_validation:
+        lines += [
+            "",
+            f"Cross-validation ({cross_validation['folds']} folds): accuracy {cross_validation['accuracy']['mean']:.4f} "
+            f"± {cross_validation['accuracy']['std']:.4f}, macro-F1 {cross_validation['macro_f1']['mean']:.4f} "
+            f"± {cross_validation['macro_f1']['std']:.4f}.",
+        ]
+    lines += ["", "## Library versions", ""]
+    lines += [f"- {name} {version}" for name, version in training["library_versions"].items()]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "config.json, model.safetensors and the tokenizer files (model_max_length = --max-length) load with "
+        "`transformers`; metrics.json, classification_report.txt, confusion_matrix.png, training_curves.png; "
+        f"{SPLITS_DIR}/ holds the exact train/validation/test rows used.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _prepare_output(config: TrainConfig) -> Path:
+    output = config.output.expanduser()
+    if output.exists() and not output.is_dir():
+        raise GamjeongError(f"--output '{output}' is a file; give a directory.")
+    already_trained = (output / CONFIG_FILE).exists() or (output / METRICS_FILE).exists()
+    if already_trained and not (config.overwrite or config.resume_from_checkpoint):
+        raise GamjeongError(f"'{output}' already holds a trained model; pass --overwrite or choose another --output.")
+    if already_trained and config.overwrite and not config.resume_from_checkpoint:
+        # Split files of the old run must not survive next to the new model (a run without a test split writes none).
+        for stale in (SPLITS_DIR, CHECKPOINTS_DIR):
+            shutil.rmtree(output / stale, ignore_errors=True)
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+def train(config: TrainConfig) -> Path:
+    """Fine-tune, evaluate and write the trained model directory; returns its path."""
+    import torch
+    from gamjeong.training.data import load_splits, write_split_csv
+    from gamjeong.training.evaluation import (
+        TRAINING_CURVES_FILE,
+        evaluate_predictor,
+        plot_training_curves,
+        write_evaluation_report,
+    )
+
+    from gamjeong.modeling import load_tokenizer
+    from gamjeong.predictor import load_predictor
+
+    output = _prepare_output(config)
+    work_dir = output / CHECKPOINTS_DIR
+    resume = _resolve_resume(config, work_dir)
+    splits = load_splits(
+        config.data,
+        eval_data=config.eval_data,
+        test_data=config.test_data,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        encoding=config.encoding,
+        validation_fraction=config.validation_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+    )
+    for report in splits.files.values():
+        log.warning("%s", report.summary())
+    tokenizer = load_tokenizer(config.base_model)
+    tokenizer.model_max_length = config.max_length  # saved with the model: the predictor truncates at this length
+
+    cross_validation = _cross_validate(config, tokenizer, splits, work_dir) if config.folds else None
+    fit = _fit(
+        config,
+        tokenizer,
+        splits.train["text"].tolist(),
+        splits.train["label"].tolist(),
+        splits.validation["text"].tolist(),
+        splits.validation["label"].tolist(),
+        work_dir,
+        resume_from_checkpoint=resume,
+    )
+    trainer = fit.trainer
+    trainer.save_model(str(output))  # the best checkpoint's weights (load_best_model_at_end), config and tokenizer
+    if not trainer.is_world_process_zero():
+        return output  # under torchrun only the first process writes the rest
+    (output / "training_args.bin").unlink(missing_ok=True)
+
+    for name, frame in splits.named().items():
+        write_split_csv(
+            frame,
+            output / SPLITS_DIR / {"train": TRAIN_SPLIT, "validation": VALIDATION_SPLIT, "test": TEST_SPLIT}[name],
+        )
+
+    # Final metrics go through the same predictor as `gamjeong evaluate`, so it reproduces them exactly.
+    split = "test" if splits.test is not None else "validation"
+    evaluated = splits.test if splits.test is not None else splits.validation
+    predictor = load_predictor(output, backend="pytorch")
+    metrics = evaluate_predictor(predictor, evaluated["text"].tolist(), evaluated["label"].tolist())
+    metrics["split"] = split
+    metrics["data"] = f"{SPLITS_DIR}/{TEST_SPLIT if split == 'test' else VALIDATION_SPLIT}"
+    state = trainer.state
+    training = {
+        "base_model": config.base_model,
+        "global_step": state.global_step,
+        "epochs_completed": float(state.epoch or 0.0),
+        "best_checkpoint": fit.best_checkpoint,
+        "best_validation_macro_f1": fit.best_metric,
+        "stopped_early": fit.stopped_early,
+        "train_runtime_s": round(fit.runtime_s, 2),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
+        "class_weights": class_weights_for(splits.train["label"].to_numpy()).round(4).tolist()
+        if config.class_weights == "auto"
+        else None,
+        "library_versions": _library_versions(),
+    }
+    extra = {
+        "training": training,
+        "hyperparameters": config.model_dump(mode="json", exclude={"progress"}),
+        "data_report": splits.report_dict(),
+    }
+    if cross_validation:
+        extra["cross_validation"] = cross_validation
+    write_evaluation_report(output, metrics, extra=extra, title=f"{split} split ({len(evaluated)} texts)")
+    plot_training_curves(state.log_history, output / TRAINING_CURVES_FILE)
+    (output / MODEL_CARD_FILE).write_text(
+        _model_card(config, splits, metrics, training, cross_validation), encoding="utf-8"
+    )
+    if not config.keep_checkpoints:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return output
