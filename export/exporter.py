@@ -347,6 +347,15 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else exc.__class__.__name__
 
 
+def _write_error(exc: OSError, output: Path) -> GamjeongError:
+    if exc.errno == errno.ENOSPC:
+        return GamjeongError(
+            f"The disk is full (no space left on device) while writing the export next to '{output}'; "
+            "free some space or choose another --output."
+        )
+    return GamjeongError(f"Could not write the export next to '{output}': {exc.strerror or exc}.")
+
+
 def _publish(staged: Path, output: Path, scratch: Path) -> None:
     """Rename the finished directory into place (replacing an old output only now, when the new one is complete)."""
     previous = scratch / "previous-output"
@@ -373,19 +382,17 @@ def export_model(config: ExportConfig, report: Report | None = None) -> Path:
     model, tokenizer, weights = _load_source(config.model)
     model_dir = config.model.expanduser().resolve()
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.export-", dir=output.parent))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.export-", dir=output.parent))
+    except OSError as exc:
+        raise _write_error(exc, output) from exc
     try:
         with _quiet_libraries():
             manifest = _build(config, model_dir, model, tokenizer, weights, target, mode, scratch, say)
         _publish(scratch / "final", output, scratch)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise GamjeongError(
-                f"The disk is full (no space left on device) while writing the export next to '{output}'; "
-                "free some space or choose another --output."
-            ) from exc
-        raise GamjeongError(f"Could not write the export next to '{output}': {exc.strerror or exc}.") from exc
+        raise _write_error(exc, output) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     parity = manifest["parity"]

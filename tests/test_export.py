@@ -266,6 +266,7 @@ def _wrong_labels_dir(path: Path, trained_dir: Path) -> Path:
     [
         ("missing", "does not exist"),
         ("empty", "has no config.json"),
+        ("no-weights", "has no model weights"),
         ("wrong-labels", "not a gamjeong emotion model"),
         ("no-head", "no sequence-classification head"),
         ("unknown-target", "Invalid --target 'tpu'"),
@@ -283,6 +284,8 @@ def test_bad_input_is_one_sentence(case: str, expected: str, trained_dir: Path, 
     elif case == "empty":
         model = tmp_path / "empty"
         model.mkdir()
+    elif case == "no-weights":
+        model = shutil.copytree(trained_dir, tmp_path / "no-weights", ignore=shutil.ignore_patterns("*.safetensors"))
     elif case == "wrong-labels":
         model = _wrong_labels_dir(tmp_path / "wrong", trained_dir)
     elif case == "no-head":
@@ -321,6 +324,14 @@ def test_full_disk_is_one_sentence_and_leaves_no_output(trained_dir: Path, tmp_p
     assert result.exit_code == 2
     assert "disk is full" in _error_line(result)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_one_sentence(trained_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = _run_cli("--model", str(trained_dir), "--output", str(blocker / "out"))
+    assert result.exit_code == 2
+    assert "Could not write the export" in _error_line(result)
 
 
 def test_overwrite_replaces_an_existing_export(trained_dir: Path, fp32_dir: Path, tmp_path: Path) -> None:
