@@ -361,3 +361,22 @@ def test_o4_needs_a_gpu(trained_dir: Path, tmp_path: Path) -> None:
     result = _run_cli("--model", str(trained_dir), "--output", str(tmp_path / "o4"), "--optimize", "O4")
     assert result.exit_code == 2
     assert "O4" in _error_line(result) and "CUDA" in _error_line(result)
+
+
+# --- `gamjeong evaluate` takes an exported directory through the same code path ---------------------------------
+def test_evaluate_on_the_onnx_dir_agrees_with_the_pytorch_dir(
+    trained_dir: Path, fp32_dir: Path, int8_dir: Path
+) -> None:
+    from gamjeong.cli import app
+
+    data = str(trained_dir / "splits" / "validation.csv")
+    metrics = {}
+    for name, path in (("pytorch", trained_dir), ("fp32", fp32_dir), ("int8", int8_dir)):
+        result = CliRunner().invoke(app, ["evaluate", "--model", str(path), "--data", data, "--json"])
+        assert result.exit_code == 0, result.output
+        metrics[name] = json.loads(result.stdout)
+    assert (metrics["pytorch"]["backend"], metrics["fp32"]["backend"]) == ("pytorch-fp32", "onnx-fp32")
+    assert metrics["int8"]["backend"] == "onnx-int8"
+    for key in ("accuracy", "macro_f1", "confusion_matrix"):
+        assert metrics["fp32"][key] == metrics["pytorch"][key]
+    assert abs(metrics["int8"]["accuracy"] - metrics["pytorch"]["accuracy"]) <= 1 / len(korean_rows())
