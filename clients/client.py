@@ -180,6 +180,8 @@ class _ClientBase:
         gets UNAVAILABLE (1: no retries)."""
         self.target = target
         self.timeout = timeout
+        if token is not None and not (token.isascii() and token.isprintable()):
+            raise ValueError("The token must be printable ASCII (it travels in an HTTP/2 header).")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),

@@ -48,13 +48,13 @@ def serve(
     import asyncio
 
     from gamjeong.server.app import GamjeongServer
-    from gamjeong.server.logs import configure_logging
+    from gamjeong.server.logs import structured_logging
     from gamjeong.server.settings import load_settings
 
     flags = dict(locals())
     settings = load_settings(**{k: v for k, v in flags.items() if k in _SETTING_NAMES})
-    configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(GamjeongServer(settings).serve_until_signalled())
+    with structured_logging(settings.log_format, settings.log_level):
+        asyncio.run(GamjeongServer(settings).serve_until_signalled())
 
 
 # Every parameter of `serve` is a ServerSettings field; values are validated there (one clear error for a bad one).

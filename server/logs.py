@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
@@ -27,14 +29,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(log_format: str, level: str) -> None:
-    """Route the gamjeong loggers to stderr in the chosen format (the root CLI's basicConfig stays for others)."""
+@contextmanager
+def structured_logging(log_format: str, level: str) -> Iterator[None]:
+    """Route the gamjeong loggers to stderr in the chosen format while the server runs; restore them afterwards (so
+    an in-process `serve`, as in tests, leaves logging as it found it)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("gamjeong")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]

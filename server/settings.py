@@ -62,6 +62,8 @@ class ServerSettings(BaseSettings):
             )
         if self.auth_token is not None and not self.auth_token.strip():
             raise ValueError("the auth token is empty; leave it unset to turn auth off")
+        if self.auth_token is not None and not (self.auth_token.isascii() and self.auth_token.isprintable()):
+            raise ValueError("the auth token must be printable ASCII (it travels in an HTTP/2 header)")
         return self
 
     @property

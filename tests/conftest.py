@@ -85,3 +85,12 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     model.save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """tiny_model_dir exported to dynamic-int8 ONNX (what the server serves); parity gate off: the weights are random."""
+    from gamjeong.export.exporter import ExportConfig, export_model
+
+    output = tmp_path_factory.mktemp("tiny-int8") / "model"
+    return export_model(ExportConfig(model=tiny_model_dir, output=output, quantize="int8", parity_threshold=0.0))

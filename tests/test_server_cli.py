@@ -1,0 +1,79 @@
+"""`gamjeong serve` as a real process: JSON logs, health SERVING after warm-up, a call, and SIGTERM -> clean exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+from gamjeong.clients import EmotionClient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from typer.testing import CliRunner
+
+
+def _log_lines(process: subprocess.Popen[str]) -> queue.Queue[dict]:
+    """Parsed JSON log lines of the server's stderr, as they come (non-JSON lines are kept as {"raw": ...})."""
+    lines: queue.Queue[dict] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            try:
+                lines.put(json.loads(line))
+            except ValueError:
+                lines.put({"raw": line})
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _wait_for(lines: queue.Queue[dict], message: str, seen: list[dict]) -> dict:
+    while True:
+        entry = lines.get(timeout=120)
+        seen.append(entry)
+        if entry.get("message") == message:
+            return entry
+
+
+def test_serve_logs_json_serves_and_stops_cleanly_on_sigterm(tiny_int8_dir: Path) -> None:
+    env = {**os.environ, "GAMJEONG_METRICS_PORT": "-1", "GAMJEONG_MAX_WAIT_MS": "1"}
+    command = [sys.executable, "-m", "gamjeong.cli", "serve", "--model", str(tiny_int8_dir)]
+    command += ["--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    seen: list[dict] = []
+    try:
+        lines = _log_lines(process)
+        port = _wait_for(lines, "listening", seen)["port"]
+        ready = _wait_for(lines, "model ready", seen)
+        assert ready["backend"] == "onnx-int8" and ready["execution_provider"] == "CPUExecutionProvider"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        with EmotionClient(f"127.0.0.1:{port}") as client:
+            assert client.model_info().limits["max_wait_ms"] == 1.0  # read from GAMJEONG_MAX_WAIT_MS
+            assert len(client.classify(["오늘 정말 행복해요"])) == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        _wait_for(lines, "stopped", seen)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    messages = [entry.get("message") for entry in seen]
+    assert messages.index("listening") < messages.index("model ready") < messages.index("shutting down")
+    assert any(entry.get("signal") == "SIGTERM" for entry in seen)
+
+
+def test_serve_without_a_model_is_one_sentence(tmp_path: Path) -> None:
+    from gamjeong.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path), "--port", "0", "--metrics-port", "-1"])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "neither a trained nor an exported" in result.output
+    assert "Traceback" not in result.output
