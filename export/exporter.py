@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -39,6 +40,23 @@ MANIFEST_FORMAT_VERSION = 1
 DEFAULT_PARITY_THRESHOLDS = {"none": 0.995, "fp16": 0.995, "int8": 0.98}
 # Kept with the model: Optimum's own record of the optimisation/quantisation settings (ORTModel reads it too).
 ORT_CONFIG_FILE = "ort_config.json"
+# Operators that only exist in a quantised graph (dynamic QOperator and static QDQ formats)
+INT8_OP_TYPES = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearMatMul",
+        "QLinearConv",
+        "QAttention",
+        "QEmbedLayerNormalization",
+        "QGemm",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+    }
+)
 
 
 class ExportConfig(BaseModel):
@@ -258,7 +276,7 @@ def _quantize_int8(
             onnx_augmented_model_name=work / "augmented_model.onnx",
             operators_to_quantize=quantization_config.operators_to_quantize,
         )
-        calibration = {"method": "minmax", "texts": len(texts), "source": str(config.calibration_data)}
+        calibration = {"method": "minmax", "texts": len(texts), "source": str(Path(config.calibration_data).resolve())}
     out = work / "quantized"
     try:
         quantizer.quantize(quantization_config, save_dir=out, calibration_tensors_range=ranges)
@@ -295,7 +313,16 @@ def _graph_description(onnx_path: Path) -> dict[str, object]:
             f"The exported graph has fixed input shapes {static}; it needs dynamic batch and sequence axes."
         )
     outputs = [o.name for o in model.graph.output]
-    return {"opset": opset, "inputs": inputs, "outputs": outputs, "ir_version": model.ir_version}
+    op_types = Counter(node.op_type for node in model.graph.node)
+    int8_nodes = {op: n for op, n in sorted(op_types.items()) if op in INT8_OP_TYPES}
+    return {
+        "opset": opset,
+        "inputs": inputs,
+        "outputs": outputs,
+        "ir_version": model.ir_version,
+        "nodes": sum(op_types.values()),
+        "int8_nodes": int8_nodes,
+    }
 
 
 def _library_versions() -> dict[str, str]:
@@ -397,7 +424,8 @@ def export_model(config: ExportConfig, report: Report | None = None) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
     parity = manifest["parity"]
     say(
-        f"exported {output / ONNX_MODEL_FILE} ({manifest['files'][ONNX_MODEL_FILE]['size'] / 1e6:.1f} MB, {mode}); "
+        f"exported {output / ONNX_MODEL_FILE} ({manifest['files'][ONNX_MODEL_FILE]['size'] / 1e6:.1f} MB, "
+        f"{'fp32' if mode == 'none' else mode}); "
         f"parity: argmax agreement {parity['argmax_agreement']:.4f} on {parity['texts']} texts, "
         f"max |Δp| {parity['max_abs_prob_diff']:.4f}"
     )
@@ -459,6 +487,10 @@ def _build(
     if (onnx_path.parent / ORT_CONFIG_FILE).is_file():
         shutil.copyfile(onnx_path.parent / ORT_CONFIG_FILE, final / ORT_CONFIG_FILE)
     graph = _graph_description(final / ONNX_MODEL_FILE)
+    if mode == "int8" and not graph["int8_nodes"]:
+        raise GamjeongError(
+            "Quantisation left no int8 operators in the graph; try --quantize none or another --target."
+        )
 
     start = time.perf_counter()
     texts = load_parity_texts(config.parity_data, model_dir, max_texts=config.max_parity_texts, seed=config.seed)

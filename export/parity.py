@@ -68,7 +68,7 @@ def load_parity_texts(parity_data: Path | None, model_dir: Path, *, max_texts: i
     validation = model_dir / SPLITS_DIR / VALIDATION_SPLIT
     if parity_data is not None:
         texts, labels = read_texts_file(Path(parity_data))
-        source = str(parity_data)
+        source = str(Path(parity_data).resolve())
     elif validation.is_file():
         texts, labels = read_texts_file(validation)
         source = str(validation)

@@ -104,6 +104,8 @@ def test_int8_is_dynamic_avx_quantised_and_smaller_than_fp32(fp32_dir: Path, int
     assert quantization["approach"] == "dynamic"
     assert quantization["preset"].startswith("AutoQuantizationConfig.")
     assert "MatMul" in quantization["operators"]
+    assert _manifest(int8_dir)["int8_nodes"]["MatMulInteger"] >= 8  # 2 layers x (q, k, v, out, 2 ffn) at least
+    assert _manifest(fp32_dir)["int8_nodes"] == {}
     assert (int8_dir / ONNX_MODEL_FILE).stat().st_size < 0.8 * (fp32_dir / ONNX_MODEL_FILE).stat().st_size
 
 
