@@ -63,17 +63,26 @@ def format_result(result) -> str:
     return f"{result.label}\t{result.label_ko}\t{result.score:.3f}{note}"
 
 
-def classify_remote(options: ConnectionOptions, texts: Sequence[str]) -> None:
-    """Print the emotion of each text as classified by a running server (for `gamjeong classify --server`)."""
-    import grpc
+def classify_on_server(server: str, texts: Sequence[str], *, token: str | None = None) -> list:
+    """`gamjeong classify --server`: the texts classified by a running server, as the command's Classification
+    objects (all seven probabilities in id order). The token defaults to GAMJEONG_AUTH_TOKEN."""
+    import os
 
+    import grpc
+    from gamjeong.training.classify import Classification
+
+    from gamjeong.labels import LABEL_NAMES
+
+    options = ConnectionOptions(server=server, token=token or os.environ.get("GAMJEONG_AUTH_TOKEN") or None)
     with options.client() as client:
         try:
             results = client.classify(list(texts))
         except grpc.RpcError as exc:
-            raise _rpc_failure(options.server, exc) from None
-    for text, result in zip(texts, results, strict=True):
-        typer.echo(f"{format_result(result)}\t{text}")
+            raise _rpc_failure(server, exc) from None
+    return [
+        Classification.from_probabilities(text, [result.scores[name] for name in LABEL_NAMES])
+        for text, result in zip(texts, results, strict=True)
+    ]
 
 
 def _stdin_messages(conversation_id: str) -> Iterator[object]:

@@ -170,3 +170,23 @@ class socket_bound_then_closed:
 
     def __exit__(self, *exc_info: object) -> None:
         return None
+
+
+def test_classify_command_with_server_matches_the_server(served: ThreadedServer) -> None:
+    import json
+
+    from gamjeong.cli import app
+
+    texts = TEXTS[:2]
+    result = CliRunner().invoke(app, ["classify", "--server", served.target, "--json", *texts])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    with EmotionClient(served.target) as client:
+        expected = client.classify(texts)
+    assert [p["text"] for p in printed] == texts
+    for shown, direct in zip(printed, expected, strict=True):
+        assert shown["label"] == direct.label and shown["label_ko"] == direct.label_ko
+        assert list(shown["probabilities"]) == list(LABEL_NAMES)  # id order, like the local command
+        np.testing.assert_allclose(vector(shown["probabilities"]), vector(direct.scores), atol=TOLERANCE)
+    refused = CliRunner().invoke(app, ["classify", "--server", served.target, "좋아", "  "])
+    assert refused.exit_code == 2 and "INVALID_ARGUMENT" in refused.output and "texts[1] is empty" in refused.output

@@ -205,6 +205,9 @@ def classify_command(
     backend: str = typer.Option(
         "auto", "--backend", help="auto (ONNX for an exported directory, else PyTorch), pytorch or onnx."
     ),
+    server: str | None = typer.Option(
+        None, "--server", help="HOST:PORT of a running `gamjeong serve` to classify with instead of --model."
+    ),
 ) -> None:
     """Each text's emotion (English and Korean name) with all seven probabilities."""
     from gamjeong.training.classify import (
@@ -221,7 +224,12 @@ def classify_command(
         config = ClassifyConfig(texts=texts, model=model, backend=backend)
     except ValidationError as exc:
         raise GamjeongError(_one_sentence(exc)) from None
-    results = classify_with_model(config)
+    if server is not None:  # token from GAMJEONG_AUTH_TOKEN
+        from gamjeong.clients.cli import classify_on_server
+
+        results = classify_on_server(server, texts)
+    else:
+        results = classify_with_model(config)
     if as_json:
         typer.echo(classifications_json(results))
     else:
