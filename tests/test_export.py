@@ -355,6 +355,18 @@ def test_auto_target_reads_the_machine() -> None:
     assert detect_target(cuda_present=False, machine="x86_64", cpu_flags={"sse4_2", "avx2"}).name == "avx2"
 
 
+@pytest.mark.parametrize(("target", "weights"), [("avx512_vnni", "QInt8"), ("avx2", "QUInt8"), ("arm64", "QInt8")])
+def test_each_cpu_target_gets_its_optimum_preset(target: str, weights: str) -> None:
+    from gamjeong.export.targets import STATIC_OPERATORS, int8_quantization_config
+
+    dynamic = int8_quantization_config(target, is_static=False, per_channel=False)
+    assert (dynamic.is_static, dynamic.weights_dtype.name, dynamic.activations_dtype.name) == (False, weights, "QUInt8")
+    static = int8_quantization_config(target, is_static=True, per_channel=True)
+    assert static.is_static and static.per_channel and list(static.operators_to_quantize) == list(STATIC_OPERATORS)
+    with pytest.raises(GamjeongError, match="CPU targets"):
+        int8_quantization_config("cuda", is_static=False, per_channel=False)
+
+
 def test_o4_needs_a_gpu(trained_dir: Path, tmp_path: Path) -> None:
     from gamjeong.onnx_runtime import cuda_available
 
