@@ -25,3 +25,7 @@ def register(app: typer.Typer) -> None:
     from gamjeong.clients.cli import register as register_clients
 
     register_clients(app)
+
+    from gamjeong.quickstart import register as register_quickstart
+
+    register_quickstart(app)

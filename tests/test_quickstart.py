@@ -1,0 +1,135 @@
+"""`gamjeong quickstart` in its offline mode with the tiny budget, checked stage by stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, ONNX_MODEL_FILE, PARITY_FILE
+from gamjeong.cli import app
+from gamjeong.labels import LABEL_NAMES
+from gamjeong.quickstart import (
+    BUDGETS,
+    DEMO_TEXTS,
+    SUMMARY_FILE,
+    UNTRAINED_MARK,
+    QuickstartConfig,
+    base_model_available,
+)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory) -> tuple[Path, str, dict]:
+    output = tmp_path_factory.mktemp("quickstart") / "run"
+    result = runner.invoke(app, ["quickstart", "--budget", "tiny", "--offline", "--output", str(output)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((output / SUMMARY_FILE).read_text(encoding="utf-8"))
+    return output, result.output, summary
+
+
+def test_every_stage_ran(quickstart_run) -> None:
+    _, text, summary = quickstart_run
+    assert list(summary["stages"]) == ["data", "train", "export", "serve", "bench"]
+    assert summary["skipped"] == {}
+    assert set(summary["timings_s"]) == {"data", "train", "export", "serve", "bench"}
+    for number, title in enumerate(("Data", "Train", "Export", "gRPC server", "Latency", "Summary"), start=1):
+        assert f"{number}/6  {title}" in text
+
+
+def test_data_stage_uses_the_sample_set_offline(quickstart_run) -> None:
+    output, text, summary = quickstart_run
+    assert "Offline mode" in text and "built-in Korean sample set" in text
+    data = summary["stages"]["data"]
+    assert data["source"].endswith("samples.csv")
+    assert data["rows"] == {"train": 392, "validation": 49, "test": 49}
+    for split in ("train", "validation", "test"):
+        assert (output / "data" / f"{split}.csv").is_file()
+
+
+def test_train_stage_falls_back_to_a_random_base_and_says_so(quickstart_run) -> None:
+    output, text, summary = quickstart_run
+    train = summary["stages"]["train"]
+    assert train["untrained"] is True and summary["untrained"] is True
+    assert "cannot be downloaded" in " ".join(text.split())
+    base = output / "base-model"
+    assert Path(train["base_model"]) == base
+    config = json.loads((base / CONFIG_FILE).read_text(encoding="utf-8"))
+    assert config["dim"] == 32 and config["n_layers"] == 2  # the tiny budget's tiny architecture
+    model = output / "model"
+    for name in (CONFIG_FILE, METRICS_FILE, "model.safetensors", "splits/validation.csv"):
+        assert (model / name).is_file(), name
+    assert 0.0 <= train["macro_f1"] <= 1.0
+
+
+def test_export_stage_writes_an_int8_onnx_directory(quickstart_run) -> None:
+    output, _, summary = quickstart_run
+    exported = output / "onnx-int8"
+    for name in (ONNX_MODEL_FILE, MANIFEST_FILE, PARITY_FILE):
+        assert (exported / name).is_file(), name
+    manifest = json.loads((exported / MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert manifest["quantization"]["mode"] == "int8"
+    parity = summary["stages"]["export"]["parity"]
+    assert parity["texts"] == 49 and 0.0 <= parity["argmax_agreement"] <= 1.0
+
+
+def test_server_answered_every_rpc(quickstart_run) -> None:
+    _, text, summary = quickstart_run
+    serve = summary["stages"]["serve"]
+    assert serve["model_info"]["backend"] == "onnx-int8"
+    assert [r["text"] for r in serve["classify"]] == list(DEMO_TEXTS)
+    assert all(r["label"] in LABEL_NAMES and r["untrained"] for r in serve["classify"])
+    assert serve["stream_results"] == serve["stream_texts"] == 100
+    assert [r["id"] for r in serve["chat_replies"]] == ["m0", "m1", "m2", "m3"]
+    assert all(r["ok"] and r["label"] in LABEL_NAMES for r in serve["chat_replies"])
+    flat = " ".join(text.split())
+    assert "Classify (unary): predictions of an untrained model" in flat
+    # Every printed chat reply carries the untrained mark.
+    chat_lines = [line for line in text.splitlines() if line.strip().startswith("[m")]
+    assert len(chat_lines) == 4
+    assert flat.count(UNTRAINED_MARK) >= len(DEMO_TEXTS) + 4
+    assert "stopped" in text
+
+
+def test_bench_stage_compares_pytorch_and_onnx(quickstart_run) -> None:
+    output, text, summary = quickstart_run
+    rows = summary["stages"]["bench"]["rows"]
+    assert {row["backend"] for row in rows} == {"pytorch-fp32", "onnx-int8"}
+    assert all(row["p50_ms"] > 0 and row["texts_per_s"] > 0 for row in rows)
+    assert (output / "bench" / "results.json").is_file()
+    assert "PyTorch fp32" in text
+
+
+def test_summary_says_where_and_how_to_serve_again(quickstart_run) -> None:
+    output, text, _ = quickstart_run
+    flat = " ".join(text.split())
+    assert f"gamjeong serve --model {output / 'onnx-int8'}" in flat
+    assert "gamjeong classify --server localhost:50051" in flat
+
+
+def test_rerun_guard_refuses_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    result = runner.invoke(app, ["quickstart", "--budget", "tiny", "--offline", "--output", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "already holds other files" in result.output
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_unknown_budget_is_one_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["quickstart", "--budget", "huge", "--output", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "Unknown --budget 'huge'" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_budgets_and_base_model_check(tmp_path: Path) -> None:
+    assert BUDGETS["cpu"].max_steps is not None and BUDGETS["gpu"].max_steps is None
+    assert not BUDGETS["tiny"].real_size and BUDGETS["cpu"].real_size
+    offline = QuickstartConfig(output=tmp_path, offline=True)
+    assert base_model_available(offline) == (False, "offline mode")
+    local = QuickstartConfig(output=tmp_path, offline=True, base_model=str(tmp_path))
+    assert base_model_available(local) == (True, "")
