@@ -76,20 +76,31 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _base_model(model_dir: Path) -> str:
+    """The pretrained model the served one was fine-tuned from, as recorded by `gamjeong train` (metrics.json), also
+    for an exported directory (via the trained directory its manifest names); "" when nothing says."""
+    manifest = _read_json(model_dir / MANIFEST_FILE)
+    source = manifest.get("source")
+    candidates = [model_dir]
+    if isinstance(source, dict) and isinstance(source.get("model_dir"), str):
+        candidates.append(Path(source["model_dir"]))
+    for directory in candidates:
+        metrics = _read_json(directory / METRICS_FILE)
+        training = metrics.get("training")
+        for record in (training if isinstance(training, dict) else {}, metrics, manifest):
+            value = record.get("base_model")
+            if isinstance(value, str) and value:
+                return value
+    name_or_path = _read_json(model_dir / CONFIG_FILE).get("_name_or_path")
+    if isinstance(name_or_path, str) and name_or_path and not Path(name_or_path).is_absolute():
+        return name_or_path
+    return ""
+
+
 def describe_model(model_dir: Path, predictor: Predictor, settings: ServerSettings) -> pb.ModelInfo:
     """The GetModelInfo answer, from the predictor and whatever the artifacts say about the model."""
     manifest = _read_json(model_dir / MANIFEST_FILE)
-    metrics = _read_json(model_dir / METRICS_FILE)
-    config = _read_json(model_dir / CONFIG_FILE)
-    base_model = ""
-    for source in (manifest, metrics, config):
-        for key in ("base_model", "_name_or_path"):
-            value = source.get(key)
-            if isinstance(value, str) and value and Path(value).name != model_dir.name:
-                base_model = value
-                break
-        if base_model:
-            break
+    base_model = _base_model(model_dir)
     model_name = str(manifest.get("model_name") or model_dir.resolve().name)
     precision = predictor.backend.split("-")[1] if "-" in predictor.backend else "fp32"
     provider = getattr(predictor, "provider", None) or f"pytorch-{predictor.device}"
@@ -415,6 +426,14 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             answer.result.CopyFrom(result)
         except RequestError as exc:
             answer.error.CopyFrom(pb.Error(code=exc.code.value[0], message=exc.message))
+        except Exception as exc:  # e.g. the model call failed: this message fails, the conversation goes on
+            log.exception("chat message failed", extra={"message_id": message.id})
+            answer.error.CopyFrom(
+                pb.Error(
+                    code=grpc.StatusCode.INTERNAL.value[0],
+                    message=f"Internal error ({exc.__class__.__name__}); see server log.",
+                )
+            )
         return answer
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:

@@ -423,3 +423,40 @@ async def test_health_reflection_and_graceful_shutdown(make_server, gated, predi
         loaded.set()
         await server.stop(0)
         await channel.close()
+
+
+def test_model_info_finds_the_base_model_through_the_manifest(tmp_path: Path, predictor) -> None:
+    import json
+
+    from gamjeong.server.service import describe_model
+
+    trained, exported = tmp_path / "trained", tmp_path / "exported-v3"
+    trained.mkdir()
+    exported.mkdir()
+    (trained / "metrics.json").write_text(json.dumps({"training": {"base_model": "my-org/korean-bert"}}))
+    (exported / "manifest.json").write_text(json.dumps({"source": {"model_dir": str(trained)}}))
+    settings = load_settings(model=exported, max_batch_size=16, max_wait_ms=3)
+    info = describe_model(exported, predictor, settings)
+    assert info.base_model == "my-org/korean-bert" and info.model_name == "exported-v3"
+    assert info.limits.max_batch_size == 16 and info.limits.max_wait_ms == 3
+    assert info.limits.default_truncation == pb.TRUNCATION_TRUNCATE
+    assert describe_model(tmp_path, predictor, settings).base_model == ""
+
+
+async def test_a_failing_model_call_fails_only_its_own_calls(make_server, predictor) -> None:
+    poison = predictor.encode(["독"])[0].input_ids[1]
+    assert poison != predictor.tokenizer.unk_token_id  # a token of this text only, not of every unknown word
+
+    class Poisoned(GatedPredictor):
+        def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+            if (input_ids == poison).any():
+                raise RuntimeError("model exploded")
+            return super().logits(input_ids, attention_mask)
+
+    server = await make_server(Poisoned(predictor), max_batch_size=1)
+    async with client_for(server) as client:
+        await expect_status(client.classify(["독"]), grpc.StatusCode.INTERNAL, "RuntimeError")
+        replies = [r async for r in client.chat(["좋아요", "독", "슬퍼요"])]
+        assert len(await client.classify(["괜찮아요"])) == 1
+    assert [r.ok for r in replies] == [True, False, True]
+    assert replies[1].error_code == grpc.StatusCode.INTERNAL
