@@ -103,5 +103,73 @@ def model_command(
         raise typer.Exit(code=1)
 
 
+@bench_app.command("server")
+def server_command(
+    target: str | None = typer.Option(None, help="HOST:PORT of a running server."),
+    metrics: str | None = typer.Option(None, help="HOST:PORT of that server's metrics endpoint (batch sizes)."),
+    model: list[Path] = typer.Option(
+        [],
+        "--model",
+        help="Model directory: start `gamjeong serve` on it (repeat to compare servers); with --target, "
+        "the directory that server serves, for the raw-predictor comparison.",
+    ),
+    backend: str = typer.Option("auto", help="auto, pytorch or onnx: --backend of the started server and the raw run."),
+    concurrencies: str | None = typer.Option(None, help="Comma-separated client counts [default: 1,16,64]."),
+    modes: str | None = typer.Option(None, help="Comma-separated: unary, stream, chat [default: all]."),
+    duration: float | None = typer.Option(None, min=0.1, help="Timed seconds per mode and concurrency [default: 10]."),
+    stream_texts: int = typer.Option(64, min=1, help="Texts per ClassifyStream call."),
+    data: Path | None = typer.Option(None, help="Labelled data file whose texts are sent (default: built-in samples)."),
+    output: Path = typer.Option(
+        Path("bench-results/server"), help="Folder for results.json, results.md, throughput.png."
+    ),
+    threads: int | None = typer.Option(None, min=1, help="Intra-op threads of the started server and the raw run."),
+    max_batch_size: int | None = typer.Option(
+        None, min=1, help="--max-batch-size of the started server (1: no batching)."
+    ),
+    max_wait_ms: float | None = typer.Option(None, min=0, help="--max-wait-ms of the started server."),
+    quick: bool = typer.Option(False, help="Concurrencies 1 and 4, one second each."),
+) -> None:
+    """The gRPC server end to end (unary, server streaming, chat) against the raw predictor on the same texts."""
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from .report import print_server_results, write_server_results
+    from .server_bench import ServerBenchConfig, quick_settings, run_server_benchmark
+
+    given = {
+        "concurrencies": _int_list(concurrencies, "--concurrencies"),
+        "modes": _str_list(modes),
+        "duration_s": duration,
+    }
+    explicit = {key for key, value in given.items() if value is not None}
+    try:
+        config = ServerBenchConfig(
+            target=target,
+            metrics=metrics,
+            model=model,
+            backend=backend,  # type: ignore[arg-type]
+            stream_texts=stream_texts,
+            data=data,
+            output=output,
+            threads=threads,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            quick=quick,
+            **{key: value for key, value in given.items() if value is not None},
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise GamjeongError(f"--{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}.") from None
+    config = quick_settings(config, explicit)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    err = Console(stderr=True)
+    results = run_server_benchmark(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
+    paths = write_server_results(results, config.output)
+    print_server_results(results, console)
+    console.print(f"wrote {paths['json']}, {paths['markdown']}, {paths['chart']}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -112,6 +111,7 @@ class BackendPlan(BaseModel):
     loader: Literal["pytorch", "onnx"] = "pytorch"
     torch_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     skip_reason: str | None = None
+    error: str | None = None  # the backend could not be prepared (e.g. its export failed)
 
 
 def _use_cuda(device: str) -> bool:
@@ -171,7 +171,10 @@ def plan_backends(
             if precision == "fp16" and not cuda:
                 plan.skip_reason = "ONNX fp16 is for CUDA; no GPU was available"
             elif model_dir is not None and export_onnx is not None:
-                plan.model_dir = export_onnx(precision)
+                try:
+                    plan.model_dir = export_onnx(precision)
+                except GamjeongError as exc:
+                    plan.error = f"export to {precision} failed: {exc}"
             else:
                 plan.skip_reason = f"no exported {precision} directory given (--onnx DIR)"
         plans.append(plan)
@@ -185,6 +188,16 @@ def _rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _peak_rss_mb() -> float | None:
+    """VmHWM: this process's peak resident memory. (ru_maxrss is not used: it keeps the parent's peak across exec.)"""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 def _size_on_disk_mb(model_dir: Path, loader: str) -> float:
@@ -289,8 +302,9 @@ def measure_backend(spec: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
         "rss_before_load_mb": round(rss_before, 1),
         "rss_after_load_mb": round(rss_loaded, 1),
         "rss_delta_mb": round(rss_after - rss_before, 1),
-        # ru_maxrss is the whole process's peak: only this backend's when it ran in its own subprocess.
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1) if isolated else None,
+        # the whole process's peak: only this backend's when it ran in its own subprocess
+        "peak_rss_mb": round(peak, 1) if isolated and (peak := _peak_rss_mb()) is not None else None,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "threads": thread_info,
         "rows": rows,
         "probabilities": probabilities.round(6).tolist(),
@@ -365,6 +379,47 @@ def build_random_model_dir(dest: Path, texts: list[str], *, real_size: bool, tok
     return how
 
 
+def export_for_benchmark(
+    model_dir: Path, dest: Path, precision: str, *, random_weights: bool, progress: Callable[[str], None]
+) -> Path:
+    """`gamjeong export` of the trained dir to fp32 ("none") or int8 ONNX; an existing complete export is reused.
+
+    With random weights the parity gate is forced open (the predictions mean nothing, only the timing does); the
+    parity figures are still recorded in the export's manifest, and the benchmark measures agreement itself.
+    """
+    from gamjeong.export.exporter import ExportConfig, export_model
+
+    if random_weights and (dest / ONNX_MODEL_FILE).is_file() and (dest / "manifest.json").is_file():
+        progress(f"reusing the {precision} export in {dest}")
+        return dest
+    progress(f"exporting {model_dir} to {precision} ONNX in {dest}")
+    config = ExportConfig(
+        model=model_dir,
+        output=dest,
+        quantize="none" if precision == "fp32" else precision,  # type: ignore[arg-type]
+        force=random_weights,
+        overwrite=True,
+    )
+    return export_model(config, report=progress)
+
+
+def _export_summary(model_dir: Path) -> dict[str, Any] | None:
+    from gamjeong.artifacts import MANIFEST_FILE
+
+    manifest_file = model_dir / MANIFEST_FILE
+    if not manifest_file.is_file():
+        return None
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    parity = manifest.get("parity") or {}
+    return {
+        "quantization": manifest.get("quantization"),
+        "optimization": manifest.get("optimization"),
+        "target": (manifest.get("target") or {}).get("name"),
+        "export_parity_argmax_agreement": parity.get("argmax_agreement"),
+        "forced": manifest.get("forced"),
+    }
+
+
 # --- the whole run --------------------------------------------------------------------------------------------------
 
 
@@ -425,7 +480,24 @@ def run_model_benchmark(
                 model_dir = workdir / "tiny-model"
                 how = build_random_model_dir(model_dir, source.texts, real_size=False, tokenizer_dir=config.tokenizer)
                 model_note = f"tiny DistilBERT (2 layers, dim 32), random weights ({how})"
-        plans = plan_backends(config, model_dir, onnx_dirs)
+        if config.quick and random_weights:
+            export_root = workdir / "exported"
+        elif random_weights:
+            export_root = config.cache_dir / "random-distilbert-base-multilingual-cased"
+        else:
+            export_root = config.output / "exported"
+
+        def export_onnx(precision: str) -> Path:
+            assert model_dir is not None
+            return export_for_benchmark(
+                model_dir,
+                export_root / f"onnx-{precision}",
+                precision,
+                random_weights=random_weights,
+                progress=progress,
+            )
+
+        plans = plan_backends(config, model_dir, onnx_dirs, export_onnx)
         tokenizer_dir = next((p.model_dir for p in plans if p.model_dir is not None), model_dir or onnx_dirs[0])
         tokenizer = load_tokenizer(tokenizer_dir)
         cells = _build_cells(tokenizer, source, config)
@@ -435,6 +507,10 @@ def run_model_benchmark(
         rows: list[dict[str, Any]] = []
         for plan in plans:
             entry: dict[str, Any] = {"name": plan.name, "model_dir": str(plan.model_dir) if plan.model_dir else None}
+            if plan.error:
+                backends.append(entry | {"status": "failed", "reason": plan.error})
+                progress(f"{plan.name}: failed ({plan.error})")
+                continue
             if plan.skip_reason:
                 backends.append(entry | {"status": "skipped", "reason": plan.skip_reason})
                 progress(f"{plan.name}: skipped ({plan.skip_reason})")
@@ -452,6 +528,8 @@ def run_model_benchmark(
                 continue
             entry |= {k: v for k, v in result.items() if k != "rows"}
             entry["size_on_disk_mb"] = _size_on_disk_mb(plan.model_dir, plan.loader)  # type: ignore[arg-type]
+            if plan.loader == "onnx":
+                entry["export"] = _export_summary(plan.model_dir)  # type: ignore[arg-type]
             backends.append(entry)
             rows += result["rows"]
 

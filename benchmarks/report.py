@@ -147,3 +147,129 @@ def print_model_results(results: dict[str, Any], console: Console) -> None:
     for row in results["rows"]:
         grid.add_row(*(_cell(row.get(key)) for key, _ in ROW_COLUMNS))
     console.print(grid)
+
+
+# --- server results ---------------------------------------------------------------------------------------------------
+
+SERVER_COLUMNS = (
+    ("server", "server"),
+    ("mode", "mode"),
+    ("concurrency", "clients"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("p99_ms", "p99 ms"),
+    ("requests_per_s", "req/s"),
+    ("texts_per_s", "texts/s"),
+    ("errors", "errors"),
+    ("mean_batch_size", "mean batch"),
+)
+
+
+def _server_row(row: dict[str, Any]) -> dict[str, Any]:
+    batches = row.get("batches") or {}
+    return row | {"mean_batch_size": batches.get("mean_batch_size")}
+
+
+def server_summary_lines(server: dict[str, Any]) -> list[str]:
+    name = server["backend"]
+    lines = [f"- **{name}** ({server['execution_provider']}, quantization {server['quantization'] or 'none'})"]
+    raw = server.get("raw")
+    if raw is None:
+        lines.append(f"  - raw predictor: not measured ({server.get('raw_note', '')})")
+        return lines
+    single, batched = raw["single_text"], raw["batched"]
+    lines.append(
+        f"  - raw predictor ({raw['backend']}): one text per call p50 {_cell(single['p50_ms'])} ms, "
+        f"p99 {_cell(single['p99_ms'])} ms; batches of {batched['batch_size']}: {_cell(batched['texts_per_s'])} texts/s"
+    )
+    for mode, ratio in (server.get("ratios") or {}).items():
+        parts = []
+        if "p50_overhead_ms_at_c1" in ratio:
+            parts.append(
+                f"overhead at 1 client: +{_cell(ratio['p50_overhead_ms_at_c1'])} ms p50 "
+                f"(×{_cell(ratio['p50_latency_ratio_at_c1'])} of raw)"
+            )
+        if "throughput_ratio_at_highest" in ratio:
+            parts.append(
+                f"throughput at {ratio['highest_concurrency']} clients: ×{_cell(ratio['throughput_ratio_at_highest'])} "
+                "of raw batched"
+            )
+        lines.append(f"  - {mode}: {'; '.join(parts)}")
+    return lines
+
+
+def server_markdown(results: dict[str, Any]) -> str:
+    settings = results["settings"]
+    lines = [
+        "# gamjeong bench server",
+        "",
+        f"- texts: {results['texts']}",
+        f"- load: {settings['load']}; {settings['duration_s']:g} s per mode and concurrency after "
+        f"{settings['warmup_s']:g} s warm-up; ClassifyStream calls carry {settings['stream_texts']} texts",
+        f"- latency: {settings['latency']}",
+        *environment_lines(results),
+        "",
+        "## Against the raw predictor",
+        "",
+    ]
+    for server in results["servers"]:
+        lines += server_summary_lines(server)
+    lines += ["", "## Load", "", _markdown_table(SERVER_COLUMNS, [_server_row(r) for r in results["rows"]]), ""]
+    lines += ["Batch sizes the server's dynamic batcher made (from `gamjeong_batch_size`):", ""]
+    for row in results["rows"]:
+        batches = row.get("batches")
+        if batches:
+            buckets = ", ".join(f"{k}: {v}" for k, v in batches["batch_size_buckets"].items()) or "none"
+            lines.append(
+                f"- {row['server']} {row['mode']} ×{row['concurrency']}: {batches['model_calls']} model calls ({buckets})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def throughput_chart(results: dict[str, Any], path: Path) -> None:
+    """Texts per second against concurrency, one line per (server, mode)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = results["rows"]
+    for key in dict.fromkeys((r["server"], r["mode"]) for r in rows):
+        points = sorted((r["concurrency"], r["texts_per_s"]) for r in rows if (r["server"], r["mode"]) == key)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{key[0]} {key[1]}")
+    for server in results["servers"]:
+        if server.get("raw"):
+            ax.axhline(
+                server["raw"]["batched"]["texts_per_s"], linestyle="--", alpha=0.5, label=f"raw {server['backend']}"
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("texts/s")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("gamjeong bench server: throughput")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_server_results(results: dict[str, Any], output: Path) -> dict[str, Path]:
+    output.mkdir(parents=True, exist_ok=True)
+    paths = {"json": output / "results.json", "markdown": output / "results.md", "chart": output / "throughput.png"}
+    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(server_markdown(results), encoding="utf-8")
+    throughput_chart(results, paths["chart"])
+    return paths
+
+
+def print_server_results(results: dict[str, Any], console: Console) -> None:
+    table = Table(title="gRPC server, closed-loop load")
+    for key, title in SERVER_COLUMNS:
+        table.add_column(title, justify="left" if key in ("server", "mode") else "right")
+    for row in results["rows"]:
+        table.add_row(*(_cell(_server_row(row).get(key)) for key, _ in SERVER_COLUMNS))
+    console.print(table)
+    for server in results["servers"]:
+        for line in server_summary_lines(server):
+            console.print(line.replace("**", ""), highlight=False)

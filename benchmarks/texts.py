@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("GAMJEONG_SHARED", REPO_ROOT.parent / "shared"))
 MBERT_TOKENIZER_DIR = SHARED_DIR / "models" / "distilbert-base-multilingual-cased-tokenizer"
 
+
 @dataclass(frozen=True)
 class TextSource:
     texts: list[str]
@@ -28,28 +29,17 @@ class TextSource:
 def load_texts(data_file: Path | None = None, *, limit: int = 5000) -> TextSource:
     """Korean sentences from the data file given, else gamjeong's built-in sample set (490 sentences, 7 emotions)."""
     if data_file is not None:
-        return TextSource(_read_text_column(data_file)[:limit], f"data file {data_file}")
+        return TextSource(_read_text_column(data_file)[:limit], f"data file {Path(data_file).name}")
     from gamjeong.samples import sample_texts
 
     return TextSource(sample_texts()[:limit], "gamjeong built-in Korean samples (gamjeong/resources/samples.csv)")
 
 
 def _read_text_column(path: Path) -> list[str]:
-    import pandas as pd
+    """The texts of a labelled data file (any layout `gamjeong train` reads: CSV, TSV, JSONL, XLSX...)."""
+    from gamjeong.training.data import read_labelled_file
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise GamjeongError(f"Data file '{path}' does not exist; pass a CSV with a 'text' column.")
-    try:
-        frame = pd.read_csv(path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise GamjeongError(f"'{path}' is not a readable CSV file ({exc.__class__.__name__}).") from exc
-    if "text" not in frame.columns:
-        raise GamjeongError(f"'{path}' has no 'text' column (columns: {', '.join(map(str, frame.columns))}).")
-    texts = [t.strip() for t in frame["text"].dropna().astype(str) if t.strip()]
-    if not texts:
-        raise GamjeongError(f"'{path}' has no non-empty texts in its 'text' column.")
-    return texts
+    return read_labelled_file(path)["text"].astype(str).tolist()
 
 
 def texts_of_length(tokenizer, sentences: list[str], seq_len: int, count: int, *, seed: int = 0) -> list[str]:

@@ -74,6 +74,34 @@ def test_quick_default_model_in_subprocess(tmp_path: Path) -> None:
     assert entry["peak_rss_mb"] > 0 and entry["rss_delta_mb"] is not None  # measured in the worker process
 
 
+@pytest.fixture(scope="module")
+def tiny_fp32_onnx_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
+    from gamjeong.export.exporter import ExportConfig, export_model
+
+    output = tmp_path_factory.mktemp("bench-onnx") / "fp32"
+    return export_model(ExportConfig(model=tiny_model_dir, output=output, quantize="none", force=True))
+
+
+def test_quick_pytorch_vs_onnx(tiny_model_dir: Path, tiny_fp32_onnx_dir: Path, tmp_path: Path) -> None:
+    """An exported fp32 dir given with --onnx; int8 exported on the fly from --model; agreement against PyTorch fp32."""
+    requested = ["pytorch-fp32", "onnx-fp32", "onnx-int8"]
+    code, output = _bench(
+        "--quick", "--model", str(tiny_model_dir), "--onnx", str(tiny_fp32_onnx_dir), "--backends", ",".join(requested),
+        "--isolation", "inprocess", "--output", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 0, output
+    results = _check_results(tmp_path / "out", requested)
+    by_name = {b["name"]: b for b in results["backends"]}
+    assert all(by_name[name]["status"] == "ok" for name in requested)
+    assert by_name["onnx-fp32"]["model_dir"] == str(tiny_fp32_onnx_dir)
+    assert Path(by_name["onnx-int8"]["model_dir"]) == tmp_path / "out" / "exported" / "onnx-int8"
+    assert by_name["onnx-int8"]["export"]["quantization"]["mode"] == "int8"
+    # fp32 ONNX computes the same function as PyTorch fp32: only float rounding differs
+    assert (
+        by_name["onnx-fp32"]["max_abs_prob_diff"] < 1e-3 and by_name["onnx-fp32"]["agreement_with_pytorch_fp32"] > 0.9
+    )
+
+
 def test_inputs_are_cut_at_exactly_seq_len(tiny_model_dir: Path) -> None:
     from gamjeong.benchmarks.texts import load_texts, texts_of_length
 
@@ -105,3 +133,45 @@ def test_bad_flags_are_one_sentence(args: list[str], message: str, tmp_path: Pat
 def test_not_an_exported_dir_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     code, output = _bench("--quick", "--onnx", str(tiny_model_dir), "--output", str(tmp_path))
     assert code == 2 and "not an exported directory" in output
+
+
+def test_quick_server_against_a_running_server(tiny_fp32_onnx_dir: Path, tmp_path: Path) -> None:
+    """`bench server --target` on a `gamjeong serve` subprocess: every mode and concurrency, batch sizes, raw ratios."""
+    from gamjeong.benchmarks.server_bench import ServerBenchConfig, started_server
+
+    settings = ServerBenchConfig(model=[tiny_fp32_onnx_dir], threads=1)
+    with started_server(tiny_fp32_onnx_dir, settings, tmp_path / "server.log") as (target, metrics):
+        result = runner.invoke(
+            app,
+            [
+                "bench", "server", "--target", target, "--metrics", metrics, "--model", str(tiny_fp32_onnx_dir),
+                "--quick", "--concurrencies", "1,3", "--duration", "0.5", "--threads", "1",
+                "--output", str(tmp_path / "out"),
+            ],
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("results.json", "results.md", "throughput.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    rows = results["rows"]
+    assert {(r["mode"], r["concurrency"]) for r in rows} == {
+        (m, c) for m in ("unary", "stream", "chat") for c in (1, 3)
+    }
+    for row in rows:
+        assert row["server"] == "onnx-fp32" and row["errors"] == 0, row
+        assert row["requests"] > 0 and row["texts_per_s"] > 0
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        batches = row["batches"]
+        assert batches["model_calls"] > 0 and 1 <= batches["mean_batch_size"] <= 32
+        if row["mode"] == "stream":  # texts per call beyond one per request: the stream is batched
+            assert row["texts"] == row["requests"] * 16
+    server = results["servers"][0]
+    assert server["raw"]["backend"] == "onnx-fp32" and server["raw"]["batched"]["texts_per_s"] > 0
+    assert {"unary", "stream", "chat"} == set(server["ratios"])
+    assert server["ratios"]["unary"]["p50_latency_ratio_at_c1"] > 0
+    assert server["ratios"]["chat"]["throughput_ratio_at_highest"] > 0
+
+
+def test_server_needs_a_target_or_a_model(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", "server", "--output", str(tmp_path)])
+    assert result.exit_code == 2 and "--target" in result.output

@@ -1,0 +1,491 @@
+"""`gamjeong bench server`: the gRPC server end to end, against the raw predictor on the same texts.
+
+Closed-loop load: at concurrency C, C clients each send a request, wait for its answer and send the next, for a fixed
+time, over one channel. Three modes: `unary` (Classify, one short message per call), `stream` (ClassifyStream, a bulk
+list per call) and `chat` (ClassifyChat: each client keeps one bidirectional stream open and sends its next message
+when the previous reply has arrived). The server's `gamjeong_batch_size` histogram is read from its metrics endpoint
+before and after each run, so the batches the dynamic batcher actually made are reported beside the latencies.
+
+Before the server is started (so the two do not compete for the CPU), the raw predictor from the same directory
+measures one text per call and full batches on the same texts: the server's overhead at concurrency 1 and its
+throughput at the highest concurrency are given as ratios to those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator
+
+from gamjeong.errors import GamjeongError
+
+from .environment import environment
+from .texts import load_texts
+
+Mode = Literal["unary", "stream", "chat"]
+MODES: tuple[str, ...] = ("unary", "stream", "chat")
+HEALTH_SERVICE = "gamjeong.v1.EmotionClassifier"
+
+
+class ServerBenchConfig(BaseModel):
+    """Settings of one `gamjeong bench server` run."""
+
+    target: str | None = Field(None, description="HOST:PORT of a running server (else --model starts one).")
+    metrics: str | None = Field(None, description="HOST:PORT of a running server's metrics endpoint.")
+    model: list[Path] = Field(default_factory=list, description="Model directories: servers to start, one at a time.")
+    backend: Literal["auto", "pytorch", "onnx"] = "auto"
+    concurrencies: list[int] = Field(default_factory=lambda: [1, 16, 64])
+    modes: list[str] = Field(default_factory=lambda: list(MODES))
+    duration_s: float = Field(10.0, gt=0, description="Timed seconds per (mode, concurrency).")
+    warmup_s: float = Field(1.0, ge=0)
+    stream_texts: int = Field(64, ge=1, description="Texts per ClassifyStream call.")
+    data: Path | None = None
+    output: Path = Path("bench-results/server")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads for the started server and the raw run.")
+    max_batch_size: int | None = Field(None, ge=1, description="--max-batch-size of the started server.")
+    max_wait_ms: float | None = Field(None, ge=0, description="--max-wait-ms of the started server.")
+    startup_timeout_s: float = Field(300.0, gt=0)
+    quick: bool = False
+
+    @field_validator("concurrencies")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if not values or any(v < 1 for v in values):
+            raise ValueError("must be a non-empty list of positive integers")
+        return sorted(set(values))
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, values: list[str]) -> list[str]:
+        for mode in values:
+            if mode not in MODES:
+                raise ValueError(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
+        return list(dict.fromkeys(values))
+
+
+def quick_settings(config: ServerBenchConfig, explicit: set[str]) -> ServerBenchConfig:
+    if not config.quick:
+        return config
+    updates: dict[str, Any] = {"stream_texts": min(config.stream_texts, 16), "warmup_s": min(config.warmup_s, 0.3)}
+    if "concurrencies" not in explicit:
+        updates["concurrencies"] = [1, 4]
+    if "duration_s" not in explicit:
+        updates["duration_s"] = 1.0
+    return config.model_copy(update=updates)
+
+
+# --- percentiles -----------------------------------------------------------------------------------------------------
+
+
+def _latency_summary(latencies: list[float]) -> dict[str, float | None]:
+    if not latencies:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None}
+    values = np.asarray(latencies) * 1000
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {
+        "p50_ms": round(float(p50), 3),
+        "p95_ms": round(float(p95), 3),
+        "p99_ms": round(float(p99), 3),
+        "mean_ms": round(float(values.mean()), 3),
+    }
+
+
+# --- the raw predictor on the same texts -----------------------------------------------------------------------------
+
+
+def measure_raw(
+    model_dir: Path, backend: str, threads: int | None, texts: list[str], batch_size: int, seconds: float
+) -> dict[str, Any]:
+    """One text per call (latency) and full batches (throughput), through the predictor the server would load."""
+    from gamjeong.predictor import load_predictor
+
+    predictor = load_predictor(model_dir, backend=backend, intra_op_threads=threads)  # type: ignore[arg-type]
+    for text in texts[:3]:
+        predictor.predict_encoded(predictor.encode([text]))
+    single: list[float] = []
+    started = time.perf_counter()
+    for i in range(100_000):
+        t0 = time.perf_counter()
+        predictor.predict_encoded(predictor.encode([texts[i % len(texts)]]))
+        single.append(time.perf_counter() - t0)
+        if time.perf_counter() - started > seconds and i >= 9:
+            break
+    batches = 0
+    started = time.perf_counter()
+    while True:
+        batch = [texts[(batches * batch_size + j) % len(texts)] for j in range(batch_size)]
+        predictor.predict_encoded(predictor.encode(batch))  # one call, as the server's batcher makes it
+        batches += 1
+        elapsed = time.perf_counter() - started
+        if elapsed > seconds and batches >= 3:
+            break
+    result = {
+        "backend": predictor.backend,
+        "single_text": {"calls": len(single)} | _latency_summary(single),
+        "batched": {
+            "batch_size": batch_size,
+            "batches": batches,
+            "texts_per_s": round(batches * batch_size / elapsed, 2),
+        },
+    }
+    del predictor
+    gc.collect()
+    return result
+
+
+# --- starting a server -----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _health_status(target: str) -> str | None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=2
+            )
+        except grpc.RpcError:
+            return None
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def wait_until_serving(
+    target: str, timeout_s: float, process: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:] if log else []
+            raise GamjeongError(f"The server exited with code {process.returncode} before serving: {' | '.join(tail)}")
+        if _health_status(target) == "SERVING":
+            return
+        time.sleep(0.5)
+    raise GamjeongError(f"The server at {target} did not report SERVING within {timeout_s:.0f} s; see its log.")
+
+
+@contextlib.contextmanager
+def started_server(model_dir: Path, config: ServerBenchConfig, log: Path) -> Iterator[tuple[str, str]]:
+    """`gamjeong serve` in a subprocess on free ports; yields (target, metrics address); SIGTERM on exit."""
+    port, metrics_port = _free_port(), _free_port()
+    command = [
+        sys.executable, "-m", "gamjeong.cli", "serve", "--model", str(model_dir), "--backend", config.backend,
+        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
+        "--log-format", "text", "--log-level", "warning",
+    ]  # fmt: skip
+    if config.threads:
+        command += ["--intra-op-threads", str(config.threads)]
+    if config.max_batch_size:
+        command += ["--max-batch-size", str(config.max_batch_size)]
+    if config.max_wait_ms is not None:
+        command += ["--max-wait-ms", str(config.max_wait_ms)]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    target = f"127.0.0.1:{port}"
+    with log.open("w", encoding="utf-8") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until_serving(target, config.startup_timeout_s, process, log)
+            yield target, f"127.0.0.1:{metrics_port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------------
+
+
+def scrape_batch_sizes(metrics: str | None) -> dict[str, float] | None:
+    """Cumulative `gamjeong_batch_size` histogram buckets ({le: count}) plus `_count` and `_sum`; None if unreachable."""
+    if not metrics:
+        return None
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8")
+    except OSError:
+        return None
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "gamjeong_batch_size":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                values[sample.labels["le"]] = sample.value
+            elif sample.name.endswith("_count"):
+                values["_count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                values["_sum"] = sample.value
+    return values or None
+
+
+def _batch_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:
+    if before is None or after is None:
+        return None
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    calls = delta.get("_count", 0.0)
+    buckets, previous = {}, 0.0
+    for le in sorted((k for k in delta if not k.startswith("_")), key=lambda k: float(k)):
+        buckets[f"<={le.removesuffix('.0')}"] = int(delta[le] - previous)  # cumulative -> per bucket
+        previous = delta[le]
+    return {
+        "model_calls": int(calls),
+        "mean_batch_size": round(delta.get("_sum", 0.0) / calls, 2) if calls else None,
+        "batch_size_buckets": {k: v for k, v in buckets.items() if v},
+    }
+
+
+# --- closed-loop load -----------------------------------------------------------------------------------------------
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.texts = 0
+        self.errors: dict[str, int] = {}
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+async def _unary_client(client, texts: list[str], offset: int, stop_at: float, tally: _Tally) -> None:
+    import grpc
+
+    i = offset
+    while time.perf_counter() < stop_at:
+        text = texts[i % len(texts)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            await client.classify([text])
+        except grpc.aio.AioRpcError as exc:
+            tally.error(exc.code().name)
+            continue
+        tally.latencies.append(time.perf_counter() - t0)
+        tally.texts += 1
+
+
+async def _stream_client(client, texts: list[str], offset: int, stop_at: float, tally: _Tally, size: int) -> None:
+    import grpc
+
+    i = offset
+    while time.perf_counter() < stop_at:
+        batch = [texts[(i + j) % len(texts)] for j in range(size)]
+        i += size
+        t0 = time.perf_counter()
+        try:
+            received = 0
+            async for _ in client.classify_stream(batch):
+                received += 1
+        except grpc.aio.AioRpcError as exc:
+            tally.error(exc.code().name)
+            continue
+        tally.latencies.append(time.perf_counter() - t0)
+        tally.texts += received
+
+
+async def _chat_client(client, texts: list[str], offset: int, stop_at: float, tally: _Tally) -> None:
+    """One open ClassifyChat stream; the next message goes out when the previous reply has come back."""
+    import grpc
+    from gamjeong.clients import ChatMessage
+
+    outbox: asyncio.Queue[ChatMessage | None] = asyncio.Queue()
+
+    async def messages():
+        while (message := await outbox.get()) is not None:
+            yield message
+
+    sent = 0
+
+    def send() -> None:
+        nonlocal sent
+        outbox.put_nowait(ChatMessage(id=str(sent), text=texts[(offset + sent) % len(texts)]))
+        sent += 1
+
+    send()
+    t0 = time.perf_counter()
+    try:
+        async for reply in client.chat(messages(), timeout=None):
+            now = time.perf_counter()
+            if reply.ok:
+                tally.latencies.append(now - t0)
+                tally.texts += 1
+            else:
+                tally.error(reply.error_code.name if reply.error_code else "UNKNOWN")
+            if now >= stop_at:
+                outbox.put_nowait(None)  # half-close: the server ends the stream after the last reply
+            else:
+                t0 = time.perf_counter()
+                send()
+    except grpc.aio.AioRpcError as exc:
+        tally.error(exc.code().name)
+
+
+async def run_load(
+    target: str, mode: str, concurrency: int, seconds: float, texts: list[str], stream_texts: int
+) -> _Tally:
+    from gamjeong.clients import AsyncEmotionClient
+
+    tally = _Tally()
+    async with AsyncEmotionClient(target, timeout=60.0) as client:
+        stop_at = time.perf_counter() + seconds
+        offsets = [(k * 7919) % len(texts) for k in range(concurrency)]  # clients walk the texts from different places
+        if mode == "unary":
+            workers = [_unary_client(client, texts, o, stop_at, tally) for o in offsets]
+        elif mode == "stream":
+            workers = [_stream_client(client, texts, o, stop_at, tally, stream_texts) for o in offsets]
+        else:
+            workers = [_chat_client(client, texts, o, stop_at, tally) for o in offsets]
+        started = time.perf_counter()
+        await asyncio.gather(*workers)
+        tally.elapsed = time.perf_counter() - started  # type: ignore[attr-defined]
+    return tally
+
+
+def measure_server(
+    target: str, metrics: str | None, config: ServerBenchConfig, texts: list[str], progress: Callable[[str], None]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from gamjeong.clients import EmotionClient
+
+    with EmotionClient(target) as client:
+        info = client.model_info()
+    server = {
+        "backend": info.backend,
+        "execution_provider": info.execution_provider,
+        "quantization": info.quantization,
+        "model_name": info.model_name,
+        "max_input_length": info.max_input_length,
+        "limits": {k: v for k, v in info.limits.items() if isinstance(v, (int, float, str))},
+    }
+    rows: list[dict[str, Any]] = []
+    for mode in config.modes:
+        for concurrency in config.concurrencies:
+            progress(f"{info.backend}: {mode} at concurrency {concurrency} for {config.duration_s:g} s")
+            if config.warmup_s:
+                asyncio.run(run_load(target, mode, concurrency, config.warmup_s, texts, config.stream_texts))
+            before = scrape_batch_sizes(metrics)
+            tally = asyncio.run(run_load(target, mode, concurrency, config.duration_s, texts, config.stream_texts))
+            after = scrape_batch_sizes(metrics)
+            elapsed = tally.elapsed  # type: ignore[attr-defined]
+            rows.append(
+                {
+                    "server": info.backend,
+                    "mode": mode,
+                    "concurrency": concurrency,
+                    "requests": len(tally.latencies),
+                    "texts": tally.texts,
+                    "errors": sum(tally.errors.values()),
+                    "error_codes": tally.errors,
+                    **_latency_summary(tally.latencies),
+                    "requests_per_s": round(len(tally.latencies) / elapsed, 2),
+                    "texts_per_s": round(tally.texts / elapsed, 2),
+                    "batches": _batch_delta(before, after),
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                }
+            )
+    return server, rows
+
+
+def _ratios(rows: list[dict[str, Any]], raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Server cost against the raw predictor: latency at concurrency 1, throughput at the highest concurrency."""
+    if raw is None:
+        return None
+    ratios: dict[str, Any] = {}
+    raw_p50 = raw["single_text"]["p50_ms"]
+    raw_tps = raw["batched"]["texts_per_s"]
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        mode_rows = [r for r in rows if r["mode"] == mode]
+        lowest = min(mode_rows, key=lambda r: r["concurrency"])
+        highest = max(mode_rows, key=lambda r: r["concurrency"])
+        entry: dict[str, Any] = {"highest_concurrency": highest["concurrency"]}
+        if mode != "stream" and lowest["concurrency"] == 1 and lowest["p50_ms"] and raw_p50:
+            entry["p50_overhead_ms_at_c1"] = round(lowest["p50_ms"] - raw_p50, 3)
+            entry["p50_latency_ratio_at_c1"] = round(lowest["p50_ms"] / raw_p50, 3)
+        if raw_tps:
+            entry["throughput_ratio_at_highest"] = round(highest["texts_per_s"] / raw_tps, 3)
+        ratios[mode] = entry
+    return ratios
+
+
+def run_server_benchmark(
+    config: ServerBenchConfig, *, progress: Callable[[str], None] = lambda m: None
+) -> dict[str, Any]:
+    if config.target is None and not config.model:
+        raise GamjeongError("Give --target HOST:PORT of a running server, or --model DIR to start one.")
+    if config.target is not None and len(config.model) > 1:
+        raise GamjeongError(
+            "With --target, give at most one --model (the directory that server serves, for the raw run)."
+        )
+    for path in config.model:
+        if not Path(path).expanduser().is_dir():
+            raise GamjeongError(f"Model directory '{path}' does not exist.")
+    source = load_texts(config.data)
+    texts = source.texts
+    config.output.mkdir(parents=True, exist_ok=True)
+    batch_size = config.max_batch_size or 32  # the server's default --max-batch-size
+    raw_seconds = max(0.5, min(config.duration_s, 10.0))
+    servers: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    runs = [(config.target, Path(p).expanduser() if p else None) for p in (config.model or [None])]
+    for target, model_dir in runs:
+        raw = None
+        if model_dir is not None:
+            progress(f"raw predictor on {model_dir.name}: one text per call, then batches of {batch_size}")
+            raw = measure_raw(model_dir, config.backend, config.threads, texts, batch_size, raw_seconds)
+        if target is None:
+            assert model_dir is not None
+            progress(f"starting `gamjeong serve --model {model_dir}`")
+            log = config.output / f"server-{model_dir.name}.log"
+            with started_server(model_dir, config, log) as (started_target, metrics):
+                server, server_rows = measure_server(started_target, metrics, config, texts, progress)
+            server["started_by_benchmark"] = True
+        else:
+            wait_until_serving(target, config.startup_timeout_s)
+            server, server_rows = measure_server(target, config.metrics, config, texts, progress)
+            server["target"] = target
+        server |= {"model_dir": str(model_dir) if model_dir else None, "raw": raw, "ratios": _ratios(server_rows, raw)}
+        if raw is None:
+            server["raw_note"] = "no --model given for the target, so the raw predictor was not measured"
+        servers.append(server)
+        rows += server_rows
+    return {
+        "kind": "server",
+        "texts": source.description,
+        "settings": {
+            "concurrencies": config.concurrencies,
+            "modes": config.modes,
+            "duration_s": config.duration_s,
+            "warmup_s": config.warmup_s,
+            "stream_texts": config.stream_texts,
+            "raw_batch_size": batch_size,
+            "load": "closed loop: each client sends its next request when the previous answer is back; all clients "
+            "share one channel in one asyncio process on the same machine as the server",
+            "latency": "unary: one text per call; stream: a whole ClassifyStream call of stream_texts texts; "
+            "chat: one message to its reply on an open ClassifyChat stream",
+        },
+        "environment": environment(config.threads),
+        "servers": servers,
+        "rows": rows,
+    }
