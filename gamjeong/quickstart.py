@@ -148,10 +148,6 @@ class StageDisplay:
 
 
 # --- stage 1: data --------------------------------------------------------------------------------------------------
-def _hub_offline_by_environment() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE",))
-
-
 def _subsample(frame, limit: int | None, seed: int):
     """At most `limit` rows, stratified by label (each class keeps its share, at least one row)."""
     if limit is None or len(frame) <= limit:
@@ -218,9 +214,28 @@ def prepare_data(config: QuickstartConfig, budget: TrainingBudget, out: Path, ui
 
 
 # --- stage 2: train ---------------------------------------------------------------------------------------------------
+def _hub_offline_by_environment() -> bool:
+    """HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1): the user has said that nothing may be downloaded."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in {"1", "true"}
+
+
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick TCP probe of the Hub (or HF_ENDPOINT), so an offline run does not sit through the client's retries.
+
+    Behind an HTTPS proxy a direct probe proves nothing: then the download is simply tried.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s):
             return True
     except OSError:
         return False
@@ -273,16 +288,22 @@ def build_random_base(
 def train_model(
     config: QuickstartConfig, budget: TrainingBudget, data_dir: Path, out: Path, ui: StageDisplay
 ) -> dict[str, Any]:
+    from gamjeong.artifacts import METRICS_FILE
     from gamjeong.training.train import TrainConfig, train
 
     available, why = base_model_available(config)
     untrained = not available
     base: str | Path = config.base_model
     if untrained:
+        architecture = (
+            f"the {DEFAULT_BASE_MODEL} architecture"
+            if budget.real_size
+            else f"a tiny DistilBERT architecture ({budget.name} budget)"
+        )
         ui.console.print(
-            f"[bold yellow]The base model '{config.base_model}' cannot be downloaded ({why}), so quickstart continues "
-            "with a randomly initialised model of the same architecture: its predictions mean nothing, but the "
-            "pipeline, the server and the timings are real.[/]"
+            f"[bold yellow]The base model '{escape(config.base_model)}' cannot be downloaded ({why}), so quickstart "
+            f"continues with a randomly initialised model of {architecture} and a tokenizer trained "
+            "on the data: its predictions mean nothing, but the pipeline, the server and the timings are real.[/]"
         )
         base = build_random_base(config, budget, data_dir, out / BASE_MODEL_DIR, ui)
     steps = f"{budget.epochs:g} epochs" if budget.max_steps is None else f"{budget.max_steps} steps"
@@ -302,9 +323,9 @@ def train_model(
         overwrite=True,
     )
     model_dir = Path(train(train_config))
-    metrics = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((model_dir / METRICS_FILE).read_text(encoding="utf-8"))
     ui.say(
-        f"test accuracy {metrics.get('accuracy', float('nan')):.3f}, macro-F1 {metrics.get('macro_f1', float('nan')):.3f}"
+        f"{metrics.get('split', 'test')} accuracy {metrics.get('accuracy', float('nan')):.3f}, macro-F1 {metrics.get('macro_f1', float('nan')):.3f}"
         + (f"  [yellow]({UNTRAINED_MARK}: random base, chance level expected)[/]" if untrained else "")
     )
     return {
