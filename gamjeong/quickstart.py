@@ -664,7 +664,12 @@ def quickstart_command(
         None, "--data", help="Labelled data file or folder (default: GoEmotions-Korean, offline the built-in samples)."
     ),
     base_model: str = typer.Option(DEFAULT_BASE_MODEL, "--base-model", help="Hugging Face id or local directory."),
-    budget: str = typer.Option("auto", "--budget", help="auto | tiny | cpu | gpu (auto: gpu with CUDA, else cpu)."),
+    budget: str = typer.Option(
+        "auto",
+        "--budget",
+        help="How much training: tiny (a tiny model, 8 steps: smoke test), cpu (30 steps at max_length 64, a few "
+        "minutes), gpu (3 epochs at max_length 128), auto (gpu when CUDA is available, else cpu).",
+    ),
     offline: bool = typer.Option(
         False, "--offline", help="Download nothing (also implied by HF_HUB_OFFLINE=1 for the base model)."
     ),
@@ -672,7 +677,10 @@ def quickstart_command(
     skip_bench: bool = typer.Option(False, "--skip-bench", help="Do not measure latency (stage 5)."),
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
-    """The main job in one command: data, train, export to int8 ONNX, serve over gRPC and call it, benchmark."""
+    """The main job in one command: data, train, export to int8 ONNX, serve over gRPC and call it, benchmark.
+
+    Offline it uses the built-in Korean sample set and, when the base model cannot be downloaded, a random-weight model of its architecture: its predictions are marked as untrained; the files, the server and the timings are real. Everything goes under --output; a re-run replaces the previous run's results there.
+    """
     if budget not in ("auto", *BUDGETS):
         raise GamjeongError(f"Unknown --budget '{budget}'; choose auto, {', '.join(BUDGETS)}.")
     config = QuickstartConfig(
