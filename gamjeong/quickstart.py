@@ -604,10 +604,20 @@ def _prepare_output(output: Path) -> Path:
     return output
 
 
+def _check_inputs(config: QuickstartConfig) -> None:
+    """Fail on a missing input before anything is written or trained."""
+    if config.data is not None and not config.data.expanduser().exists():
+        raise GamjeongError(f"--data '{config.data}' does not exist; pass a labelled data file or folder.")
+    base = config.base_model
+    if base.startswith(("/", "./", "../", "~")) and not Path(base).expanduser().exists():
+        raise GamjeongError(f"--base-model '{base}' does not exist; pass a model directory or a Hugging Face model id.")
+
+
 def run_quickstart(config: QuickstartConfig, console: Console | None = None) -> dict[str, Any]:
     """Run every stage; returns (and writes to quickstart.json) what each stage produced."""
     console = console or Console()
     ui = StageDisplay(console)
+    _check_inputs(config)
     out = _prepare_output(config.output)
     budget = config.resolved_budget()
     summary: dict[str, Any] = {

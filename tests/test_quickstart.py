@@ -126,6 +126,21 @@ def test_unknown_budget_is_one_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--data", "no-such-data.csv"], "--data 'no-such-data.csv' does not exist"),
+        (["--base-model", "./no-such-model"], "--base-model './no-such-model' does not exist"),
+    ],
+)
+def test_missing_inputs_fail_before_anything_is_written(tmp_path: Path, flags: list[str], message: str) -> None:
+    output = tmp_path / "run"
+    result = runner.invoke(app, ["quickstart", "--budget", "tiny", "--offline", "--output", str(output), *flags])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not output.exists()
+
+
 def test_budgets_and_base_model_check(tmp_path: Path) -> None:
     assert BUDGETS["cpu"].max_steps is not None and BUDGETS["gpu"].max_steps is None
     assert not BUDGETS["tiny"].real_size and BUDGETS["cpu"].real_size
