@@ -505,8 +505,9 @@ def _build(
     if not passed and not config.force:
         raise GamjeongError(
             f"Parity gate failed: the ONNX {mode} model agrees with PyTorch on {agreement:.2%} of {parity['texts']} "
-            f"texts, below the {threshold:.2%} threshold; try --quantize none, --calibration-data, --per-channel, "
-            "or pass --force to publish it anyway."
+            f"texts, below the {threshold:.2%} threshold (PyTorch's top-two margin on the disagreeing texts is at "
+            f"most {parity['max_reference_margin_of_disagreements']:.4f}); try --quantize none, --calibration-data, "
+            "--per-channel, or pass --force to publish it anyway."
         )
     if not passed:
         say(f"warning: parity gate failed ({agreement:.2%} < {threshold:.2%}) but --force publishes the model anyway")

@@ -93,6 +93,14 @@ def _quality(labels: Sequence[int], predicted: np.ndarray) -> dict[str, float]:
     }
 
 
+def _max_margin(probs: np.ndarray, where: np.ndarray) -> float:
+    """Largest gap between the top two probabilities among the selected rows (0.0 when none is selected)."""
+    if not where.any():
+        return 0.0
+    top_two = np.sort(probs[where], axis=1)[:, -2:]
+    return float((top_two[:, 1] - top_two[:, 0]).max())
+
+
 def compare_predictors(
     reference: Predictor, candidate: Predictor, texts: ParityTexts, *, batch_size: int = 32
 ) -> dict[str, object]:
@@ -110,6 +118,8 @@ def compare_predictors(
         "mean_abs_prob_diff": float(diff.mean()),
         "argmax_agreement": float((reference_pred == candidate_pred).mean()),
         "disagreements": int((reference_pred != candidate_pred).sum()),
+        # how close to a tie PyTorch was where the two disagree: flips of near-ties are rounding, not damage
+        "max_reference_margin_of_disagreements": _max_margin(reference_probs, reference_pred != candidate_pred),
     }
     if texts.labels is not None:
         report["reference"] = _quality(texts.labels, reference_pred)

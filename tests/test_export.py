@@ -119,7 +119,34 @@ def test_parity_report_on_the_validation_split(request, fixture: str) -> None:
     assert 0.0 <= parity["mean_abs_prob_diff"] <= parity["max_abs_prob_diff"] < 0.05
     assert parity["reference_backend"] == "pytorch-fp32"
     assert set(parity["reference"]) == set(parity["candidate"]) == {"accuracy", "macro_f1"}
+    assert parity["disagreements"] == 0 and parity["max_reference_margin_of_disagreements"] == 0.0
     assert _manifest(path)["parity"]["argmax_agreement"] == parity["argmax_agreement"]
+
+
+def test_compare_predictors_measures_differences_agreement_and_quality(tiny_tokenizer) -> None:
+    from gamjeong.export.parity import ParityTexts, compare_predictors
+
+    from gamjeong.predictor import Predictor
+
+    class FixedLogits(Predictor):
+        backend, device = "fixed", "cpu"
+
+        def __init__(self, rows: list[list[float]]) -> None:
+            super().__init__(tiny_tokenizer)
+            self.rows = {i: np.array(r, dtype=np.float32) for i, r in enumerate(rows)}
+
+        def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+            # each text is a single digit naming its row, so the batch order does not matter
+            return np.stack([self.rows[int(self.tokenizer.decode(ids[1:2]))] for ids in input_ids])
+
+    confident, tied = [5.0, 0, 0, 0, 0, 0, 0], [1.0, 1.001, 0, 0, 0, 0, 0]
+    reference = FixedLogits([confident, tied, confident])
+    candidate = FixedLogits([confident, [1.001, 1.0, 0, 0, 0, 0, 0], confident])
+    report = compare_predictors(reference, candidate, ParityTexts(["0", "1", "2"], [0, 1, 0], "test"))
+    assert report["argmax_agreement"] == pytest.approx(2 / 3) and report["disagreements"] == 1
+    assert 0.0 < report["max_abs_prob_diff"] < 0.001
+    assert report["max_reference_margin_of_disagreements"] < 0.001
+    assert report["reference"]["accuracy"] == 1.0 and report["candidate"]["accuracy"] == pytest.approx(2 / 3)
 
 
 def test_load_predictor_serves_both_exports_like_pytorch(trained_dir: Path, fp32_dir: Path, int8_dir: Path) -> None:
