@@ -117,7 +117,7 @@ def server_command(
     concurrencies: str | None = typer.Option(None, help="Comma-separated client counts [default: 1,16,64]."),
     modes: str | None = typer.Option(None, help="Comma-separated: unary, stream, chat [default: all]."),
     duration: float | None = typer.Option(None, min=0.1, help="Timed seconds per mode and concurrency [default: 10]."),
-    stream_texts: int = typer.Option(64, min=1, help="Texts per ClassifyStream call."),
+    stream_texts: int = typer.Option(32, min=1, help="Texts per ClassifyStream call."),
     data: Path | None = typer.Option(None, help="Labelled data file whose texts are sent (default: built-in samples)."),
     output: Path = typer.Option(
         Path("bench-results/server"), help="Folder for results.json, results.md, throughput.png."

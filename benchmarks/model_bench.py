@@ -60,7 +60,7 @@ class ModelBenchConfig(BaseModel):
     isolation: Literal["subprocess", "inprocess"] = "subprocess"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     agreement_texts: int = Field(256, ge=1)
-    cache_dir: Path = Field(default_factory=lambda: _default_cache_dir())
+    cache_dir: Path = Field(default_factory=lambda: default_cache_dir())
 
     @field_validator("batch_sizes", "seq_lengths")
     @classmethod
@@ -80,7 +80,7 @@ class ModelBenchConfig(BaseModel):
         return list(dict.fromkeys(values))
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "gamjeong" / "bench"
 
@@ -420,6 +420,31 @@ def _export_summary(model_dir: Path) -> dict[str, Any] | None:
     }
 
 
+RANDOM_MODEL_NAME = "random-distilbert-base-multilingual-cased"
+
+
+def random_real_size_model(
+    cache_dir: Path, texts: list[str], tokenizer_dir: Path | None, progress: Callable[[str], None]
+) -> tuple[Path, str]:
+    """The real-size random-weight trained dir in the cache (built once); returns it and how its tokenizer was had."""
+    model_dir = cache_dir / RANDOM_MODEL_NAME / "model"
+    how_file = model_dir / "HOW.txt"
+    if not (model_dir / "model.safetensors").is_file() or not how_file.is_file():
+        progress(f"building the real-size random-weight model in {model_dir}")
+        how = build_random_model_dir(model_dir, texts, real_size=True, tokenizer_dir=tokenizer_dir)
+        how_file.write_text(how + "\n", encoding="utf-8")
+    return model_dir, how_file.read_text(encoding="utf-8").strip()
+
+
+def random_real_size_export(
+    cache_dir: Path, texts: list[str], tokenizer_dir: Path | None, precision: str, progress: Callable[[str], None]
+) -> Path:
+    """That model exported to `precision` ONNX in the cache (exported once)."""
+    model_dir, _ = random_real_size_model(cache_dir, texts, tokenizer_dir, progress)
+    dest = cache_dir / RANDOM_MODEL_NAME / f"onnx-{precision}"
+    return export_for_benchmark(model_dir, dest, precision, random_weights=True, progress=progress)
+
+
 # --- the whole run --------------------------------------------------------------------------------------------------
 
 
@@ -463,18 +488,7 @@ def run_model_benchmark(
         if random_weights:
             real_size = not config.quick
             if real_size:
-                model_dir = config.cache_dir / "random-distilbert-base-multilingual-cased" / "model"
-                if not (model_dir / "model.safetensors").is_file():
-                    progress(f"building the real-size random-weight model in {model_dir}")
-                    how = build_random_model_dir(
-                        model_dir, source.texts, real_size=True, tokenizer_dir=config.tokenizer
-                    )
-                    (model_dir / "HOW.txt").write_text(how + "\n", encoding="utf-8")
-                how = (
-                    (model_dir / "HOW.txt").read_text(encoding="utf-8").strip()
-                    if (model_dir / "HOW.txt").is_file()
-                    else ""
-                )
+                model_dir, how = random_real_size_model(config.cache_dir, source.texts, config.tokenizer, progress)
                 model_note = f"distilbert-base-multilingual-cased architecture, random weights ({how})"
             else:
                 model_dir = workdir / "tiny-model"
@@ -483,7 +497,7 @@ def run_model_benchmark(
         if config.quick and random_weights:
             export_root = workdir / "exported"
         elif random_weights:
-            export_root = config.cache_dir / "random-distilbert-base-multilingual-cased"
+            export_root = config.cache_dir / RANDOM_MODEL_NAME
         else:
             export_root = config.output / "exported"
 

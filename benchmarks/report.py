@@ -200,9 +200,10 @@ def server_summary_lines(server: dict[str, Any]) -> list[str]:
 
 def server_markdown(results: dict[str, Any]) -> str:
     settings = results["settings"]
-    lines = [
-        "# gamjeong bench server",
-        "",
+    lines = ["# gamjeong bench server", ""]
+    if results.get("note"):
+        lines += [f"**{results['note']}**", ""]
+    lines += [
         f"- texts: {results['texts']}",
         f"- load: {settings['load']}; {settings['duration_s']:g} s per mode and concurrency after "
         f"{settings['warmup_s']:g} s warm-up; ClassifyStream calls carry {settings['stream_texts']} texts",
@@ -264,6 +265,8 @@ def write_server_results(results: dict[str, Any], output: Path) -> dict[str, Pat
 
 
 def print_server_results(results: dict[str, Any], console: Console) -> None:
+    if results.get("note"):
+        console.print(f"[bold yellow]{results['note']}[/]")
     table = Table(title="gRPC server, closed-loop load")
     for key, title in SERVER_COLUMNS:
         table.add_column(title, justify="left" if key in ("server", "mode") else "right")

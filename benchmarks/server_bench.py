@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, field_validator
 from gamjeong.errors import GamjeongError
 
 from .environment import environment
+from .model_bench import default_cache_dir
 from .texts import load_texts
 
 Mode = Literal["unary", "stream", "chat"]
@@ -50,7 +51,7 @@ class ServerBenchConfig(BaseModel):
     modes: list[str] = Field(default_factory=lambda: list(MODES))
     duration_s: float = Field(10.0, gt=0, description="Timed seconds per (mode, concurrency).")
     warmup_s: float = Field(1.0, ge=0)
-    stream_texts: int = Field(64, ge=1, description="Texts per ClassifyStream call.")
+    stream_texts: int = Field(32, ge=1, description="Texts per ClassifyStream call.")
     data: Path | None = None
     output: Path = Path("bench-results/server")
     threads: int | None = Field(None, ge=1, description="Intra-op threads for the started server and the raw run.")
@@ -349,7 +350,8 @@ async def run_load(
     from gamjeong.clients import AsyncEmotionClient
 
     tally = _Tally()
-    async with AsyncEmotionClient(target, timeout=60.0) as client:
+    # a generous deadline: at high concurrency a bulk stream waits behind many others on a 2-core CPU
+    async with AsyncEmotionClient(target, timeout=600.0) as client:
         stop_at = time.perf_counter() + seconds
         offsets = [(k * 7919) % len(texts) for k in range(concurrency)]  # clients walk the texts from different places
         if mode == "unary":
@@ -432,8 +434,6 @@ def _ratios(rows: list[dict[str, Any]], raw: dict[str, Any] | None) -> dict[str,
 def run_server_benchmark(
     config: ServerBenchConfig, *, progress: Callable[[str], None] = lambda m: None
 ) -> dict[str, Any]:
-    if config.target is None and not config.model:
-        raise GamjeongError("Give --target HOST:PORT of a running server, or --model DIR to start one.")
     if config.target is not None and len(config.model) > 1:
         raise GamjeongError(
             "With --target, give at most one --model (the directory that server serves, for the raw run)."
@@ -443,6 +443,16 @@ def run_server_benchmark(
             raise GamjeongError(f"Model directory '{path}' does not exist.")
     source = load_texts(config.data)
     texts = source.texts
+    random_weights = config.target is None and not config.model
+    if random_weights:
+        # No server and no model given: the real-size random-weight model of `bench model`, as PyTorch fp32 and as
+        # ONNX int8 (built and exported into the cache once), so PyTorch and ONNX are compared end to end.
+        from .model_bench import random_real_size_export, random_real_size_model
+
+        cache = default_cache_dir()
+        trained, _ = random_real_size_model(cache, texts, None, progress)
+        int8 = random_real_size_export(cache, texts, None, "int8", progress)
+        config = config.model_copy(update={"model": [trained, int8]})
     config.output.mkdir(parents=True, exist_ok=True)
     batch_size = config.max_batch_size or 32  # the server's default --max-batch-size
     raw_seconds = max(0.5, min(config.duration_s, 10.0))
@@ -472,6 +482,8 @@ def run_server_benchmark(
         rows += server_rows
     return {
         "kind": "server",
+        "random_weights": random_weights,
+        "note": "random weights: timing only" if random_weights else None,
         "texts": source.description,
         "settings": {
             "concurrencies": config.concurrencies,

@@ -172,6 +172,8 @@ def test_quick_server_against_a_running_server(tiny_fp32_onnx_dir: Path, tmp_pat
     assert server["ratios"]["chat"]["throughput_ratio_at_highest"] > 0
 
 
-def test_server_needs_a_target_or_a_model(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["bench", "server", "--output", str(tmp_path)])
-    assert result.exit_code == 2 and "--target" in result.output
+def test_server_bad_flags_are_one_sentence(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["bench", "server", "--modes", "unary,bulk", "--output", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown mode 'bulk'" in result.output
+    result = runner.invoke(app, ["bench", "server", "--model", str(tmp_path / "nope"), "--output", str(tmp_path)])
+    assert result.exit_code == 2 and "does not exist" in result.output
