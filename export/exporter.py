@@ -210,14 +210,14 @@ def _export_onnx(model_dir: Path, work: Path, opset: int | None) -> Path:
     return out / ONNX_MODEL_FILE
 
 
-def _optimize(onnx_path: Path, work: Path, level: str, *, fp16: bool) -> tuple[Path, dict[str, object]]:
+def _optimize(onnx_path: Path, work: Path, level: str, *, fp16: bool, for_gpu: bool) -> tuple[Path, dict[str, object]]:
     from optimum.onnxruntime import ORTOptimizer
     from optimum.onnxruntime.configuration import AutoOptimizationConfig
 
     # fp16 is Optimum's fp16 conversion inside the optimiser; on its own it rides on the basic O1 level
     applied = level if level != "none" else "O1"
     extra = {"fp16": True} if fp16 and applied != "O4" else {}
-    optimization_config = AutoOptimizationConfig.with_optimization_level(applied, for_gpu=fp16, **extra)
+    optimization_config = AutoOptimizationConfig.with_optimization_level(applied, for_gpu=for_gpu, **extra)
     out = work / "optimized"
     try:
         ORTOptimizer.from_pretrained(onnx_path.parent).optimize(optimization_config, save_dir=out)
@@ -459,11 +459,12 @@ def _build(
     optimization: dict[str, object] = {"level": "none"}
     if config.optimize != "none" or mode == "fp16":
         start = time.perf_counter()
-        onnx_path, optimization = _optimize(onnx_path, work, config.optimize, fp16=mode == "fp16")
-        timings["optimize_s"] = round(time.perf_counter() - start, 3)
-        say(
-            f"optimised at level {optimization['level']}{' with fp16 conversion' if mode == 'fp16' else ''} in {timings['optimize_s']:.1f} s"
+        onnx_path, optimization = _optimize(
+            onnx_path, work, config.optimize, fp16=mode == "fp16", for_gpu=target.name == "cuda"
         )
+        timings["optimize_s"] = round(time.perf_counter() - start, 3)
+        fp16_note = " with fp16 conversion" if mode == "fp16" else ""
+        say(f"optimised at level {optimization['level']}{fp16_note} in {timings['optimize_s']:.1f} s")
 
     reference = TorchPredictor(model, tokenizer, device="auto")
     quantization: dict[str, object] = {"mode": mode}
@@ -494,7 +495,10 @@ def _build(
 
     start = time.perf_counter()
     texts = load_parity_texts(config.parity_data, model_dir, max_texts=config.max_parity_texts, seed=config.seed)
-    session = create_session(final / ONNX_MODEL_FILE, provider="auto")
+    # checked where it will run: a CPU target on the CPU provider even when a GPU is present
+    session = create_session(
+        final / ONNX_MODEL_FILE, provider="cuda" if target.name == "cuda" and cuda_available() else "cpu"
+    )
     candidate = OnnxPredictor(session, tokenizer, precision="fp32" if mode == "none" else mode)
     parity = compare_predictors(reference, candidate, texts)
     timings["parity_s"] = round(time.perf_counter() - start, 3)
