@@ -86,7 +86,9 @@ def verify_manifest(directory: str | Path) -> dict:
     problems: list[str] = []
     for name, expected in files.items():
         path = root / name
-        if not path.is_file():
+        if not isinstance(expected, dict):
+            problems.append(f"the entry for {name} is not a {{sha256, size}} record")
+        elif not path.is_file():
             problems.append(f"{name} is missing")
         elif path.stat().st_size != expected.get("size"):
             problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected.get('size')}")
