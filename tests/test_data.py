@@ -219,13 +219,48 @@ def test_download_offline_is_one_sentence(tmp_path: Path) -> None:
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------------
-def test_data_inspect_cli(tmp_path: Path) -> None:
+def test_data_inspect_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+    import huggingface_hub
+
     path = tmp_path / "data.csv"
     path.write_text(_csv_text([*ROWS, ROWS[0], ("애매한 문장", "joy"), ("애매한 문장", "anger")]), encoding="utf-8")
+    # The default base model's tokenizer is not in the Hugging Face cache: whitespace words, with a note.
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
     result = CliRunner().invoke(app, ["data", "inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert "joy 기쁨" in result.output and "exact duplicates" in result.output
-    assert "whitespace words" in result.output  # the default tokenizer is not available offline
+    assert "whitespace words" in result.output and "--tokenizer" in result.output
+    result = CliRunner().invoke(app, ["data", "inspect", str(path), "--tokenizer", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "whitespace words" not in result.output and "tokens counted with" in result.output
+
+
+def test_inspect_counts(tmp_path: Path) -> None:
+    from gamjeong.training.inspection import InspectConfig, inspect_file
+
+    path = tmp_path / "data.csv"
+    path.write_text(_csv_text([*ROWS, ROWS[0], ("애매한 문장", "joy"), ("애매한 문장", "anger")]), encoding="utf-8")
+    result = inspect_file(InspectConfig(path=path, max_length=3), tokenizer=None, token_unit="whitespace words")
+    assert result.rows_per_class == dict.fromkeys(result.rows_per_class, 4)
+    assert (result.report.dropped_duplicates, result.report.conflicting_texts) == (1, 1)
+    assert result.chars.max == max(len(t) for t, _ in ROWS)
+    assert result.tokens.over_max_length == sum(len(t.split()) > 3 for t, _ in [*ROWS, ROWS[0]])
+
+
+def test_goemotions_folder_works_as_training_data(tmp_path: Path) -> None:
+    # The layout download_goemotions_korean() produces: train.tsv, dev.tsv, test.tsv without headers.
+    for name, rows in {
+        "train": ["좋아요\t17", "싫어요\t2", "그냥\t27", "둘 다\t2,17"] * 3,
+        "dev": ["최고\t15", "무서워\t19"],
+        "test": ["깜짝이야\t26"],
+    }.items():
+        (tmp_path / f"{name}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    splits = load_splits(tmp_path)
+    assert splits.files["train"].dropped_multi_class == 3
+    assert splits.files["train"].dropped_duplicates == 6
+    assert splits.train["label"].tolist() == [LABEL2ID["joy"], LABEL2ID["anger"], LABEL2ID["neutral"]]
+    assert splits.validation["label"].tolist() == [LABEL2ID["joy"], LABEL2ID["fear"]]
+    assert splits.test is not None and splits.test["label"].tolist() == [LABEL2ID["surprise"]]
 
 
 def test_cli_bad_input_is_exit_2_and_one_line(tmp_path: Path) -> None:

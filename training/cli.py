@@ -141,12 +141,23 @@ def train_command(
         )
     except ValidationError as exc:
         raise GamjeongError(_one_sentence(exc)) from None
+    import logging
+
+    # The data report (rows read, dropped, split sizes) is worth seeing before a long run starts.
+    logging.getLogger("gamjeong.training").setLevel(logging.INFO)
     result = train(config)
     metrics_file = result / "metrics.json"
-    if metrics_file.is_file():
+    if metrics_file.is_file():  # only the first process writes it under torchrun
         import json
 
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        cross_validation = metrics.get("cross_validation")
+        if cross_validation:
+            typer.echo(
+                f"{cross_validation['folds']}-fold cross-validation: accuracy "
+                f"{cross_validation['accuracy']['mean']:.4f} ± {cross_validation['accuracy']['std']:.4f}, macro-F1 "
+                f"{cross_validation['macro_f1']['mean']:.4f} ± {cross_validation['macro_f1']['std']:.4f}."
+            )
         typer.echo(
             f"Trained model written to {result} ({metrics['split']} accuracy {metrics['accuracy']:.4f}, "
             f"macro-F1 {metrics['macro_f1']:.4f})."

@@ -557,7 +557,7 @@ def load_splits(
     }
     for what, count in overlap.items():
         if count:
-            log.warning("%d %s", count, what)
+            log.info("%d %s (kept)", count, what)
     return DatasetSplits(
         train=train,
         validation=frames["validation"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -152,6 +153,13 @@ def plot_training_curves(log_history: Sequence[dict], path: Path) -> Path:
     return path
 
 
+def _json_with_flat_number_lists(document: dict) -> str:
+    """Indented JSON, but each list of numbers (a confusion-matrix row, class weights) on one line."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    flatten = lambda match: "[" + ", ".join(part.strip() for part in match.group(1).split(",")) + "]"  # noqa: E731
+    return re.sub(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]", flatten, text) + "\n"
+
+
 def write_evaluation_report(
     output_dir: str | Path, metrics: dict, *, extra: dict | None = None, title: str | None = None
 ) -> dict[str, Path]:
@@ -164,7 +172,7 @@ def write_evaluation_report(
         "confusion_matrix": output / CONFUSION_MATRIX_FILE,
     }
     document = {**metrics, **(extra or {})}
-    files["metrics"].write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    files["metrics"].write_text(_json_with_flat_number_lists(document), encoding="utf-8")
     files["classification_report"].write_text(format_classification_report(metrics, title), encoding="utf-8")
     plot_confusion_matrix(metrics["confusion_matrix"], files["confusion_matrix"], title or "Confusion matrix")
     return files

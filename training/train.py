@@ -158,8 +158,14 @@ def _mixed_precision(choice: str) -> dict[str, bool]:
     return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
 
 
+# RoBERTa-style position ids start after the padding index, so two of their positions are not usable.
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-xl": 2}
+
+
 def _check_max_length(model, config: TrainConfig) -> None:
     positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None:
+        positions -= _POSITION_OFFSET.get(getattr(model.config, "model_type", ""), 0)
     if positions is not None and config.max_length > positions:
         raise GamjeongError(
             f"--max-length {config.max_length} is longer than '{config.base_model}' supports ({positions} positions); "
@@ -293,7 +299,7 @@ def _cross_validate(config: TrainConfig, tokenizer, splits, work_dir: Path) -> d
     folds = StratifiedKFold(n_splits=config.folds, shuffle=True, random_state=config.seed)
     results = []
     for number, (train_index, held_out_index) in enumerate(folds.split(pool["text"], labels), start=1):
-        log.warning("cross-validation: fold %d of %d", number, config.folds)
+        log.info("cross-validation: fold %d of %d", number, config.folds)
         fold_dir = work_dir / f"fold-{number}"
         fit = _fit(
             config,
@@ -456,7 +462,8 @@ def train(config: TrainConfig) -> Path:
         seed=config.seed,
     )
     for report in splits.files.values():
-        log.warning("%s", report.summary())
+        log.info("%s", report.summary())
+    log.info("splits: %s; rows per class: %s", splits.split_note, splits.class_counts())
     tokenizer = load_tokenizer(config.base_model)
     tokenizer.model_max_length = config.max_length  # saved with the model: the predictor truncates at this length
 
