@@ -34,7 +34,8 @@ def inspect_command(
     from gamjeong.training.inspection import InspectConfig, inspect_path, render_inspection
     from rich.console import Console
 
-    config = InspectConfig(
+    config = _config(
+        InspectConfig,
         path=path,
         text_column=text_column,
         label_column=label_column,
@@ -54,7 +55,7 @@ def train_command(
     output: Path = typer.Option(
         ..., "--output", help="Directory for the trained model (the artifact later stages read)."
     ),
-    base_model: str = typer.Option(
+    base_model: str | None = typer.Option(
         None,
         "--base-model",
         help="Hugging Face model id or local directory of any encoder (default: distilbert-base-multilingual-cased).",
@@ -108,39 +109,35 @@ def train_command(
 ) -> None:
     """Fine-tune an encoder on labelled Korean text and write the trained model directory."""
     from gamjeong.training.train import TrainConfig, train
-    from pydantic import ValidationError
 
-    from gamjeong.errors import GamjeongError
     from gamjeong.modeling import DEFAULT_BASE_MODEL
 
-    try:
-        config = TrainConfig(
-            data=data,
-            output=output,
-            base_model=base_model or DEFAULT_BASE_MODEL,
-            eval_data=eval_data,
-            test_data=test_data,
-            text_column=text_column,
-            label_column=label_column,
-            encoding=encoding,
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            learning_rate=learning_rate,
-            max_length=max_length,
-            seed=seed,
-            class_weights=class_weights,
-            early_stopping_patience=early_stopping_patience,
-            folds=folds,
-            eval_steps=eval_steps,
-            precision=precision,
-            resume_from_checkpoint=resume_from_checkpoint,
-            keep_checkpoints=keep_checkpoints,
-            overwrite=overwrite,
-        )
-    except ValidationError as exc:
-        raise GamjeongError(_one_sentence(exc)) from None
+    config = _config(
+        TrainConfig,
+        data=data,
+        output=output,
+        base_model=base_model or DEFAULT_BASE_MODEL,
+        eval_data=eval_data,
+        test_data=test_data,
+        text_column=text_column,
+        label_column=label_column,
+        encoding=encoding,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        max_length=max_length,
+        seed=seed,
+        class_weights=class_weights,
+        early_stopping_patience=early_stopping_patience,
+        folds=folds,
+        eval_steps=eval_steps,
+        precision=precision,
+        resume_from_checkpoint=resume_from_checkpoint,
+        keep_checkpoints=keep_checkpoints,
+        overwrite=overwrite,
+    )
     import logging
 
     # The data report (rows read, dropped, split sizes) is worth seeing before a long run starts.
@@ -181,23 +178,18 @@ def evaluate_command(
 ) -> None:
     """Accuracy, macro-F1, per-class scores and the confusion matrix of a model on labelled data."""
     from gamjeong.training.evaluation import EvaluateConfig, evaluate, format_classification_report
-    from pydantic import ValidationError
 
-    from gamjeong.errors import GamjeongError
-
-    try:
-        config = EvaluateConfig(
-            model=model,
-            data=data,
-            output=output,
-            text_column=text_column,
-            label_column=label_column,
-            encoding=encoding,
-            batch_size=batch_size,
-            backend=backend,
-        )
-    except ValidationError as exc:
-        raise GamjeongError(_one_sentence(exc)) from None
+    config = _config(
+        EvaluateConfig,
+        model=model,
+        data=data,
+        output=output,
+        text_column=text_column,
+        label_column=label_column,
+        encoding=encoding,
+        batch_size=batch_size,
+        backend=backend,
+    )
     metrics = evaluate(config)
     if as_json:
         import json
@@ -227,14 +219,8 @@ def classify_command(
         classify_with_model,
         render_classifications,
     )
-    from pydantic import ValidationError
 
-    from gamjeong.errors import GamjeongError
-
-    try:
-        config = ClassifyConfig(texts=texts, model=model, backend=backend)
-    except ValidationError as exc:
-        raise GamjeongError(_one_sentence(exc)) from None
+    config = _config(ClassifyConfig, texts=texts, model=model, backend=backend)
     if server is not None:  # token from GAMJEONG_AUTH_TOKEN
         from gamjeong.clients.cli import classify_on_server
 
@@ -249,11 +235,18 @@ def classify_command(
         render_classifications(results, Console())
 
 
-def _one_sentence(exc) -> str:
-    """A pydantic validation error as one sentence naming the flag."""
-    error = exc.errors()[0]
-    flag = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
-    return f"Invalid value for {flag}: {error['msg']}."
+def _config(config_class, **values):
+    """Build a command's pydantic config; a bad value becomes one sentence naming its flag (CLI exit code 2)."""
+    from pydantic import ValidationError
+
+    from gamjeong.errors import GamjeongError
+
+    try:
+        return config_class(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
+        raise GamjeongError(f"Invalid value for {flag}: {error['msg']}.") from None
 
 
 def register(app: typer.Typer) -> None:
