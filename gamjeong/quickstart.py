@@ -467,12 +467,24 @@ class BackgroundServer:
         self._thread.join(timeout=30)
 
 
-def call_server(target: str, untrained: bool, ui: StageDisplay) -> dict[str, Any]:
-    """Classify, ClassifyStream and ClassifyChat through the Python client, printing what comes back."""
+def _prediction_caveat(untrained: bool, budget: TrainingBudget) -> str | None:
+    """What to print beside each prediction of a model that is not a real fine-tune."""
+    if untrained:
+        return UNTRAINED_MARK
+    if budget.max_steps is not None:
+        return f"briefly trained: {budget.max_steps} steps"
+    return None
+
+
+def call_server(target: str, caveat: str | None, ui: StageDisplay) -> dict[str, Any]:
+    """Classify, ClassifyStream and ClassifyChat through the Python client, printing what comes back.
+
+    `caveat` (e.g. "untrained model") is printed with every prediction when the model is not a real fine-tune.
+    """
     from gamjeong.clients import ChatMessage, EmotionClient
     from gamjeong.samples import sample_texts
 
-    mark = f" [yellow]({UNTRAINED_MARK})[/]" if untrained else ""
+    mark = f" [yellow]({caveat})[/]" if caveat else ""
     with EmotionClient(target, timeout=60.0) as client:
         info = client.model_info()
         ui.say(
@@ -480,12 +492,12 @@ def call_server(target: str, untrained: bool, ui: StageDisplay) -> dict[str, Any
             f"max input {info.max_input_length} tokens"
         )
         results = client.classify(list(DEMO_TEXTS))
-        title = "Classify (unary)" + (f": predictions of an {UNTRAINED_MARK}" if untrained else "")
+        title = "Classify (unary)" + (f": predictions of an {caveat}" if caveat == UNTRAINED_MARK else "")
         table = Table(title=title, title_justify="left")
         table.add_column("text", ratio=3)
         table.add_column("emotion", ratio=2)
         table.add_column("runner-up", ratio=1)
-        if untrained:
+        if caveat:
             table.add_column("model", ratio=1)
         for text, result in zip(DEMO_TEXTS, results, strict=True):
             runner_up = sorted(result.scores.items(), key=lambda item: -item[1])[1:2]
@@ -494,7 +506,7 @@ def call_server(target: str, untrained: bool, ui: StageDisplay) -> dict[str, Any
                 f"{result.label} {result.label_ko} {result.score:.2f}",
                 " ".join(f"{name} {score:.2f}" for name, score in runner_up),
             ]
-            table.add_row(*row, *([UNTRAINED_MARK] if untrained else []))
+            table.add_row(*row, *([caveat] if caveat else []))
         ui.console.print(table)
 
         bulk = sample_texts(100, seed=7)
@@ -523,7 +535,7 @@ def call_server(target: str, untrained: bool, ui: StageDisplay) -> dict[str, Any
         "target": target,
         "model_info": {"backend": info.backend, "provider": info.execution_provider, "quantization": info.quantization},
         "classify": [
-            {"text": t, "label": r.label, "score": round(r.score, 4), "untrained": untrained}
+            {"text": t, "label": r.label, "score": round(r.score, 4), "caveat": caveat}
             for t, r in zip(DEMO_TEXTS, results, strict=True)
         ],
         "stream_results": len(streamed),
@@ -624,7 +636,14 @@ def print_summary(summary: dict[str, Any], out: Path, ui: StageDisplay) -> None:
         commands.append(("full benchmark", f"gamjeong bench model --model {model_dir} --onnx {export_dir}"))
     for what, command in commands:
         ui.say(f"{what}:  [bold]{command}[/]")
-    if stages.get("train", {}).get("untrained"):
+    train = stages.get("train", {})
+    if not train.get("untrained") and train.get("budget", {}).get("max_steps") is not None:
+        ui.console.print(
+            f"[yellow]The {train['budget']['name']} budget trains {train['budget']['max_steps']} steps: enough to run "
+            f"every stage, not to learn the emotions (macro-F1 {train.get('macro_f1', 0):.2f}). For real predictions "
+            "train longer: --budget gpu on a GPU, or `gamjeong train` with more epochs.[/]"
+        )
+    if train.get("untrained"):
         ui.console.print(
             f"[yellow]Every prediction above came from an {UNTRAINED_MARK} (random weights, a few training steps): "
             "pass --base-model with a pretrained model directory, and real data with --data, for real predictions.[/]"
@@ -701,7 +720,7 @@ def run_quickstart(config: QuickstartConfig, console: Console | None = None) -> 
             try:
                 with ui.working("starting the gRPC server (loading and warming up the model)"):
                     target = server.start()
-                summary["stages"]["serve"] = call_server(target, untrained, ui)
+                summary["stages"]["serve"] = call_server(target, _prediction_caveat(untrained, budget), ui)
             finally:
                 server.stop()
             ui.say(f"server on {target} stopped")

@@ -82,7 +82,7 @@ def test_server_answered_every_rpc(quickstart_run) -> None:
     serve = summary["stages"]["serve"]
     assert serve["model_info"]["backend"] == "onnx-int8"
     assert [r["text"] for r in serve["classify"]] == list(DEMO_TEXTS)
-    assert all(r["label"] in LABEL_NAMES and r["untrained"] for r in serve["classify"])
+    assert all(r["label"] in LABEL_NAMES and r["caveat"] == UNTRAINED_MARK for r in serve["classify"])
     assert serve["stream_results"] == serve["stream_texts"] == 100
     assert [r["id"] for r in serve["chat_replies"]] == ["m0", "m1", "m2", "m3"]
     assert all(r["ok"] and r["label"] in LABEL_NAMES for r in serve["chat_replies"])
@@ -148,3 +148,22 @@ def test_budgets_and_base_model_check(tmp_path: Path) -> None:
     assert base_model_available(offline) == (False, "offline mode")
     local = QuickstartConfig(output=tmp_path, offline=True, base_model=str(tmp_path))
     assert base_model_available(local) == (True, "")
+
+
+def test_a_local_base_model_is_fine_tuned_and_its_predictions_carry_the_short_budget_caveat(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    output = tmp_path / "run"
+    args = ["quickstart", "--budget", "tiny", "--offline", "--base-model", str(tiny_model_dir), "--skip-bench"]
+    result = runner.invoke(app, [*args, "--output", str(output)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((output / SUMMARY_FILE).read_text(encoding="utf-8"))
+    train = summary["stages"]["train"]
+    assert train["untrained"] is False and train["base_model"] == str(tiny_model_dir)
+    assert not (output / "base-model").exists()
+    assert summary["stages"]["export"]["gate_enforced"] is False  # a short budget: reported, not enforced
+    assert all(r["caveat"] == "briefly trained: 8 steps" for r in summary["stages"]["serve"]["classify"])
+    assert summary["skipped"] == {"bench": "--skip-bench was given"}
+    flat = " ".join(result.output.split())
+    assert UNTRAINED_MARK not in flat
+    assert "The tiny budget trains 8 steps" in flat
