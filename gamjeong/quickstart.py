@@ -651,19 +651,31 @@ def print_summary(summary: dict[str, Any], out: Path, ui: StageDisplay) -> None:
 
 
 # --- the whole run --------------------------------------------------------------------------------------------------
-def _prepare_output(output: Path) -> Path:
-    output = output.expanduser()
+def _prepare_output(config: QuickstartConfig) -> Path:
+    """The output directory, emptied of a previous quickstart run's results (its downloads are kept).
+
+    Only a directory that holds quickstart.json (written when a run starts) counts as a previous run, so nothing
+    else a user keeps there is ever deleted.
+    """
+    output = config.output.expanduser()
     if output.exists() and not output.is_dir():
         raise GamjeongError(f"--output '{output}' is a file; choose a directory.")
     if output.is_dir():
-        entries = {p.name for p in output.iterdir()}
-        foreign = entries - set(OWN_ENTRIES) - {CACHE_DIR}
-        if entries and SUMMARY_FILE not in entries and foreign:
+        entries = sorted(p.name for p in output.iterdir())
+        if entries and SUMMARY_FILE not in entries:
             raise GamjeongError(
-                f"--output '{output}' already holds other files ({', '.join(sorted(foreign)[:5])}); "
+                f"--output '{output}' already holds files ({', '.join(entries[:5])}) and no earlier quickstart run; "
                 "choose an empty or new directory."
             )
-        for name in OWN_ENTRIES:  # a previous quickstart run: replace its results, keep downloads
+        inputs = [Path(p).expanduser().resolve() for p in (config.data, config.base_model) if p is not None]
+        for name in OWN_ENTRIES:
+            path = (output / name).resolve()
+            if any(i == path or path in i.parents for i in inputs):
+                raise GamjeongError(
+                    f"'{path}' is an input of this run but a re-run into '{output}' replaces it; copy it elsewhere "
+                    "or choose another --output."
+                )
+        for name in OWN_ENTRIES:
             path = output / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -682,22 +694,13 @@ def _check_inputs(config: QuickstartConfig) -> None:
         raise GamjeongError(f"--base-model '{base}' does not exist; pass a model directory or a Hugging Face model id.")
 
 
-def run_quickstart(config: QuickstartConfig, console: Console | None = None) -> dict[str, Any]:
-    """Run every stage; returns (and writes to quickstart.json) what each stage produced."""
-    console = console or Console()
-    ui = StageDisplay(console)
-    _check_inputs(config)
-    out = _prepare_output(config.output)
-    budget = config.resolved_budget()
-    summary: dict[str, Any] = {
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "output": str(out.resolve()),
-        "config": json.loads(config.model_dump_json()),
-        "budget": budget.name,
-        "stages": {},
-    }
-    started = time.perf_counter()
+def _write_summary(out: Path, summary: dict[str, Any]) -> None:
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
+
+def _run_stages(
+    config: QuickstartConfig, budget: TrainingBudget, out: Path, ui: StageDisplay, summary: dict[str, Any]
+) -> None:
     with ui.stage("data", "Data"):
         summary["stages"]["data"] = prepare_data(config, budget, out, ui)
     with ui.stage("train", "Train"):
@@ -733,10 +736,36 @@ def run_quickstart(config: QuickstartConfig, console: Console | None = None) -> 
         ui.skip("bench", "Latency: PyTorch vs ONNX", "--skip-bench was given")
 
     summary["untrained"] = untrained
+
+
+def run_quickstart(config: QuickstartConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run every stage; returns (and writes to quickstart.json) what each stage produced."""
+    console = console or Console()
+    ui = StageDisplay(console)
+    _check_inputs(config)
+    out = _prepare_output(config)
+    budget = config.resolved_budget()
+    summary: dict[str, Any] = {
+        "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "output": str(out.resolve()),
+        "config": json.loads(config.model_dump_json()),
+        "budget": budget.name,
+        "stages": {},
+    }
+    _write_summary(out, summary)  # marks the directory as a quickstart run's, so a re-run may replace it
+    started = time.perf_counter()
+    try:
+        _run_stages(config, budget, out, ui, summary)
+    except BaseException as exc:
+        summary.update(status="failed", error=str(exc) or exc.__class__.__name__, timings_s=ui.timings)
+        _write_summary(out, summary)
+        raise
+    summary["status"] = "complete"
     summary["timings_s"] = ui.timings
     summary["skipped"] = ui.skipped
     summary["total_s"] = round(time.perf_counter() - started, 2)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    _write_summary(out, summary)
     ui.final("Summary")
     print_summary(summary, out, ui)
     ui.say(f"all stages in {summary['total_s']:.0f} s")

@@ -34,6 +34,7 @@ def quickstart_run(tmp_path_factory) -> tuple[Path, str, dict]:
 
 def test_every_stage_ran(quickstart_run) -> None:
     _, text, summary = quickstart_run
+    assert summary["status"] == "complete"
     assert list(summary["stages"]) == ["data", "train", "export", "serve", "bench"]
     assert summary["skipped"] == {}
     assert set(summary["timings_s"]) == {"data", "train", "export", "serve", "bench"}
@@ -111,12 +112,14 @@ def test_summary_says_where_and_how_to_serve_again(quickstart_run) -> None:
     assert "gamjeong classify --server localhost:50051" in flat
 
 
-def test_rerun_guard_refuses_a_foreign_directory(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+@pytest.mark.parametrize("name", ["notes.txt", "data"])
+def test_a_directory_that_is_not_an_earlier_run_is_refused_and_left_alone(tmp_path: Path, name: str) -> None:
+    # "data" is also the name of a quickstart stage directory: without quickstart.json it must not be replaced.
+    (tmp_path / name).mkdir() if name == "data" else (tmp_path / name).write_text("mine", encoding="utf-8")
     result = runner.invoke(app, ["quickstart", "--budget", "tiny", "--offline", "--output", str(tmp_path)])
     assert result.exit_code == 2
-    assert "already holds other files" in result.output
-    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert "no earlier quickstart run" in " ".join(result.output.split())
+    assert (tmp_path / name).exists()
 
 
 def test_unknown_budget_is_one_clear_error(tmp_path: Path) -> None:
@@ -167,3 +170,18 @@ def test_a_local_base_model_is_fine_tuned_and_its_predictions_carry_the_short_bu
     flat = " ".join(result.output.split())
     assert UNTRAINED_MARK not in flat
     assert "The tiny budget trains 8 steps" in flat
+
+
+def test_a_failing_stage_is_one_clear_error_recorded_in_the_summary(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\n오늘 정말 행복해요,happyish\n", encoding="utf-8")
+    output = tmp_path / "run"
+    args = ["quickstart", "--budget", "tiny", "--offline", "--data", str(bad), "--output", str(output)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "happyish" in result.output and "Traceback" not in result.output
+    summary = json.loads((output / SUMMARY_FILE).read_text(encoding="utf-8"))
+    assert summary["status"] == "failed" and "happyish" in summary["error"]
+    # The directory is now recognisably a quickstart run's, so the next attempt may replace it.
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "happyish" in again.output and "no earlier quickstart run" not in again.output
