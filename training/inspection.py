@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from gamjeong.training.data import FileReport
 from pydantic import BaseModel, ConfigDict, Field
 
 from gamjeong.errors import GamjeongError
@@ -51,7 +52,7 @@ class LengthStats:
 
 @dataclass
 class FileInspection:
-    report: object  # training.data.FileReport, counts of what cleaning would drop
+    report: FileReport  # counts of what cleaning would drop
     rows_per_class: dict[str, int]  # after cleaning, by English name
     chars: LengthStats
     tokens: LengthStats
@@ -78,7 +79,9 @@ def _load_counting_tokenizer(name: str | None) -> tuple[object | None, str, str 
     return None, "whitespace words", note
 
 
-def inspect_file(config: InspectConfig, tokenizer: object | None = None, token_unit: str | None = None):
+def inspect_file(
+    config: InspectConfig, tokenizer: object | None = None, token_unit: str | None = None
+) -> FileInspection:
     """Class counts, text lengths and what cleaning would drop for one file."""
     from gamjeong.training.data import clean_labelled_rows, label_counts, read_labelled_file_with_report
 
