@@ -263,10 +263,19 @@ def test_goemotions_folder_works_as_training_data(tmp_path: Path) -> None:
     assert splits.test is not None and splits.test["label"].tolist() == [LABEL2ID["surprise"]]
 
 
-def test_cli_bad_input_is_exit_2_and_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "options", "message"),
+    [
+        ("text,label\n좋아요,bored\n".encode(), [], "'bored'"),
+        ("문장,감정\n좋아요,joy\n".encode(), [], "no text column"),
+        (b"", [], "is empty"),
+        ("text,label\n좋아요,기쁨\n".encode("cp949"), ["--encoding", "utf-8"], "not valid utf-8"),
+    ],
+)
+def test_cli_bad_input_is_exit_2_and_one_line(tmp_path: Path, content: bytes, options: list[str], message: str) -> None:
     path = tmp_path / "bad.csv"
-    path.write_text("text,label\n좋아요,bored\n", encoding="utf-8")
-    result = CliRunner().invoke(app, ["data", "inspect", str(path)])
+    path.write_bytes(content)
+    result = CliRunner().invoke(app, ["data", "inspect", str(path), *options])
     assert result.exit_code == 2
-    assert result.output.startswith("error: ") and "'bored'" in result.output
+    assert result.output.startswith("error: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1
