@@ -317,7 +317,7 @@ def build_random_base(
         tokenizer.save_pretrained(destination)
     size = "real-size distilbert-base-multilingual-cased architecture" if budget.real_size else "tiny DistilBERT"
     params = sum(p.numel() for p in model.parameters())
-    ui.say(f"random base: {size}, {params / 1e6:.1f} M parameters, vocabulary {len(tokenizer)} -> {destination}")
+    ui.say(f"random base: {size}, {params / 1e6:.1f} M parameters, vocabulary {len(tokenizer)}")
     return destination
 
 
@@ -587,10 +587,14 @@ def bench_stage(model_dir: Path, export_dir: Path, budget: TrainingBudget, out: 
         ]
     for (batch, seq_len), cell in sorted(by_cell.items()):
         if "pytorch-fp32" in cell and "onnx-int8" in cell and cell["onnx-int8"] > 0:
-            ui.say(
-                f"batch {batch}, {seq_len} tokens: ONNX int8 p50 is {cell['pytorch-fp32'] / cell['onnx-int8']:.1f}x "
-                "faster than PyTorch fp32"
-            )
+            speedup = cell["pytorch-fp32"] / cell["onnx-int8"]
+            if speedup >= 1.1:
+                verdict = f"ONNX int8 is {speedup:.1f}x faster than PyTorch fp32"
+            elif speedup <= 0.9:
+                verdict = f"PyTorch fp32 is {1 / speedup:.1f}x faster than ONNX int8"
+            else:
+                verdict = "ONNX int8 and PyTorch fp32 are about as fast"
+            ui.say(f"batch {batch}, {seq_len} tokens (p50): {verdict}")
     for backend in results["backends"]:
         if backend.get("status") != "ok":
             ui.say(f"[yellow]{backend['name']}: {backend.get('status')} ({backend.get('reason')})[/]")
@@ -599,6 +603,16 @@ def bench_stage(model_dir: Path, export_dir: Path, budget: TrainingBudget, out: 
 
 
 # --- stage 6: summary -----------------------------------------------------------------------------------------------
+def _shown(path: str | Path | None) -> str | None:
+    """A path as short as it can be said: relative to the working directory when it lies inside it."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def print_summary(summary: dict[str, Any], out: Path, ui: StageDisplay) -> None:
     stages = summary["stages"]
     table = Table(title="written", title_justify="left", show_header=False)
@@ -617,10 +631,10 @@ def print_summary(summary: dict[str, Any], out: Path, ui: StageDisplay) -> None:
     ]
     for what, where in rows:
         if where:
-            table.add_row(what, where)
+            table.add_row(what, escape(_shown(where) or ""))
     ui.console.print(table)
-    export_dir = stages.get("export", {}).get("dir")
-    model_dir = stages.get("train", {}).get("dir")
+    export_dir = _shown(stages.get("export", {}).get("dir"))
+    model_dir = _shown(stages.get("train", {}).get("dir"))
     commands = []
     if export_dir:
         commands += [
@@ -635,7 +649,7 @@ def print_summary(summary: dict[str, Any], out: Path, ui: StageDisplay) -> None:
     if model_dir and export_dir:
         commands.append(("full benchmark", f"gamjeong bench model --model {model_dir} --onnx {export_dir}"))
     for what, command in commands:
-        ui.say(f"{what}:  [bold]{command}[/]")
+        ui.say(f"{what}:  [bold]{escape(command)}[/]")
     train = stages.get("train", {})
     if not train.get("untrained") and train.get("budget", {}).get("max_steps") is not None:
         ui.console.print(
@@ -743,12 +757,12 @@ def run_quickstart(config: QuickstartConfig, console: Console | None = None) -> 
     console = console or Console()
     ui = StageDisplay(console)
     _check_inputs(config)
-    out = _prepare_output(config)
+    out = _prepare_output(config).resolve()
     budget = config.resolved_budget()
     summary: dict[str, Any] = {
         "status": "running",
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "output": str(out.resolve()),
+        "output": str(out),
         "config": json.loads(config.model_dump_json()),
         "budget": budget.name,
         "stages": {},
