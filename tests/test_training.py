@@ -213,3 +213,24 @@ def test_hangul_renders_without_missing_glyphs(tmp_path: Path) -> None:
         plot_confusion_matrix(np.eye(7, dtype=int) * 3, tmp_path / "cm.png")
     assert not [w for w in caught if "missing from font" in str(w.message) or "Glyph" in str(w.message)]
     assert (tmp_path / "cm.png").stat().st_size > 10_000
+
+
+def test_weighted_loss_is_used(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import torch
+    from gamjeong.training.train import _make_trainer_class
+    from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    weights = torch.tensor([1.0, 5.0, 1.0, 1.0, 1.0, 1.0, 0.5])
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = _make_trainer_class()(model=model, args=args, class_weights=weights)
+    inputs = {
+        "input_ids": torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]]),
+        "attention_mask": torch.tensor([[1] * 4, [1, 1, 1, 0]]),
+    }
+    labels = torch.tensor([1, 6])
+    loss, outputs = trainer.compute_loss(model, {**inputs, "labels": labels}, return_outputs=True)
+    expected = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weights)
+    unweighted = torch.nn.functional.cross_entropy(outputs.logits, labels)
+    assert loss.item() == pytest.approx(expected.item()) and loss.item() != pytest.approx(unweighted.item())
+    assert trainer.model_accepts_loss_kwargs is False  # so gradient accumulation divides our mean loss
