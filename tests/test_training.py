@@ -234,3 +234,16 @@ def test_weighted_loss_is_used(tmp_path: Path, tiny_model_dir: Path) -> None:
     unweighted = torch.nn.functional.cross_entropy(outputs.logits, labels)
     assert loss.item() == pytest.approx(expected.item()) and loss.item() != pytest.approx(unweighted.item())
     assert trainer.model_accepts_loss_kwargs is False  # so gradient accumulation divides our mean loss
+
+
+def test_freeze_embeddings_keeps_the_word_embeddings(tmp_path: Path, data_slice: Path, tiny_model_dir: Path) -> None:
+    from safetensors.numpy import load_file
+
+    output = tmp_path / "frozen"
+    _invoke(_train_args(data_slice, tiny_model_dir, output, "--max-steps", "3", "--freeze-embeddings", *TINY_RUN))
+    key = "distilbert.embeddings.word_embeddings.weight"
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(output / "model.safetensors")
+    np.testing.assert_array_equal(after[key], before[key])
+    # the rest of the encoder did learn
+    layer = "distilbert.transformer.layer.0.attention.q_lin.weight"
+    assert not np.array_equal(after[layer], before[layer])

@@ -93,6 +93,11 @@ def train_command(
     folds: int | None = typer.Option(
         None, "--folds", help="Also run stratified K-fold cross-validation on train+validation and report mean ± std."
     ),
+    freeze_embeddings: bool = typer.Option(
+        False,
+        "--freeze-embeddings",
+        help="Keep the word-embedding matrix fixed (most of a multilingual encoder's parameters; ~2x faster on a CPU).",
+    ),
     eval_steps: int | None = typer.Option(
         None, "--eval-steps", help="Evaluate and checkpoint every N steps (default: once per epoch)."
     ),
@@ -132,6 +137,7 @@ def train_command(
         class_weights=class_weights,
         early_stopping_patience=early_stopping_patience,
         folds=folds,
+        freeze_embeddings=freeze_embeddings,
         eval_steps=eval_steps,
         precision=precision,
         resume_from_checkpoint=resume_from_checkpoint,
