@@ -386,9 +386,14 @@ def export_stage(model_dir: Path, out: Path, not_enforced_because: str | None, u
     """
     from gamjeong.artifacts import MANIFEST_FILE, ONNX_MODEL_FILE, PARITY_FILE
     from gamjeong.export.exporter import ExportConfig, export_model
+    from gamjeong.export.targets import detect_target
 
     force = not_enforced_because is not None
-    export_config = ExportConfig(model=model_dir, output=out / EXPORT_DIR, quantize="int8", force=force)
+    # int8 is for CPUs: with onnxruntime-gpu installed, `--target auto` would mean CUDA, so name this CPU's target.
+    cpu_target = detect_target(cuda_present=False).name
+    export_config = ExportConfig(
+        model=model_dir, output=out / EXPORT_DIR, quantize="int8", target=cpu_target, force=force
+    )
     with ui.working("exporting to ONNX and quantising to int8 with Optimum"):
         export_dir = export_model(export_config, report=lambda message: ui.say(escape(message)))
     parity = json.loads((export_dir / PARITY_FILE).read_text(encoding="utf-8"))
@@ -422,8 +427,15 @@ class BackgroundServer:
     def __init__(self, model_dir: Path) -> None:
         from gamjeong.server.settings import load_settings
 
+        # The int8 model is served where it was made for: the CPU (even when onnxruntime-gpu is installed).
         self.settings = load_settings(
-            model=model_dir, host="127.0.0.1", port=0, metrics_port=-1, log_format="text", log_level="warning"
+            model=model_dir,
+            device="cpu",
+            host="127.0.0.1",
+            port=0,
+            metrics_port=-1,
+            log_format="text",
+            log_level="warning",
         )
         self.port: int | None = None
         self._ready = threading.Event()
