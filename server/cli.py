@@ -24,7 +24,9 @@ def serve(
     metrics_port: int = typer.Option(None, help="Prometheus port (default 9464; -1 off). [GAMJEONG_METRICS_PORT]"),
     max_batch_size: int = typer.Option(None, help="Most texts per model call (default 32)."),
     max_batch_tokens: int = typer.Option(None, help="Most padded tokens per model call (default 8192)."),
-    max_wait_ms: float = typer.Option(None, help="Wait for more texts before running a partial batch (default 5)."),
+    max_wait_ms: float = typer.Option(
+        None, help="Wait this long for more texts before running a partial batch (default 0)."
+    ),
     max_texts_per_request: int = typer.Option(None, help="Most texts per Classify call (default 64)."),
     max_stream_texts: int = typer.Option(None, help="Most texts per ClassifyStream call (default 100000)."),
     max_queue_size: int = typer.Option(None, help="Most queued texts before RESOURCE_EXHAUSTED (default 1024)."),

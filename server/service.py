@@ -37,8 +37,8 @@ from gamjeong.predictor import EncodedText, Predictor
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmotionClassifier"].full_name  # "gamjeong.v1.EmotionClassifier"
-# How many chunks of a ClassifyStream call are queued at once: enough to keep the model busy, few enough to leave
-# room in the queue for everybody else.
+# How many chunks (of max_batch_size texts) of a ClassifyStream call are queued at once, at most: enough to keep the
+# model busy while results are sent, few enough to leave room in the queue for everybody else.
 STREAM_CHUNKS_IN_FLIGHT = 4
 
 
@@ -191,6 +191,9 @@ def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
                         yield response
                 except asyncio.CancelledError:
                     code = _status_of_cancelled(context)
+                    raise
+                except GeneratorExit:  # the call ended while a response was pending (client gone)
+                    code = grpc.StatusCode.CANCELLED
                     raise
                 except grpc.aio.AbortError:
                     code = context.code() or grpc.StatusCode.UNKNOWN
@@ -359,12 +362,14 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             self._check_text(text, f"texts[{i}]")
         options = self._options(request.top_k, request.truncation)
         chunk = self.settings.max_batch_size
+        # Never let a stream fill more than half the queue by itself: the rest is for other callers.
+        chunks_in_flight = max(1, min(STREAM_CHUNKS_IN_FLIGHT, self.settings.max_queue_size // (2 * chunk)))
         in_flight: deque[tuple[int, asyncio.Task[list[pb.EmotionResult]]]] = deque()
         next_offset = 0
         try:
             while next_offset < len(texts) or in_flight:
                 # Keep a few chunks queued so the batcher always has the next one while this one is sent.
-                while next_offset < len(texts) and len(in_flight) < STREAM_CHUNKS_IN_FLIGHT:
+                while next_offset < len(texts) and len(in_flight) < chunks_in_flight:
                     offset = next_offset
                     job = asyncio.ensure_future(
                         self._classify(
@@ -436,10 +441,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             )
         return answer
 
+    @_observed("GetModelInfo")
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
-        if self.model_info is None:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "The model is still loading; retry once health reports SERVING."
-            )
-        assert self.model_info is not None
+        assert self.model_info is not None  # check_ready() passed
         return self.model_info

@@ -29,7 +29,9 @@ class ServerSettings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one model call.")
     max_batch_tokens: int = Field(8192, ge=1, description="Most padded tokens (texts x longest) in one model call.")
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="How long a non-full batch waits for more texts.")
+    # 0 by default: a request reaching an idle model runs at once (measured: 5 ms of waiting added 5 ms to the p50 of
+    # a lone request); under load, texts pile up while the model runs and form the next batch anyway.
+    max_wait_ms: float = Field(0.0, ge=0, le=10_000, description="How long a non-full batch waits for more texts.")
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one Classify request.")
     max_stream_texts: int = Field(100_000, ge=1, description="Most texts in one ClassifyStream request.")
     max_queue_size: int = Field(1024, ge=1, description="Most texts waiting for the model; beyond: RESOURCE_EXHAUSTED.")
@@ -59,6 +61,11 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 f"max_texts_per_request ({self.max_texts_per_request}) cannot exceed max_queue_size "
                 f"({self.max_queue_size}), or a full-size request could never be queued"
+            )
+        if self.max_batch_size > self.max_queue_size:
+            raise ValueError(
+                f"max_batch_size ({self.max_batch_size}) cannot exceed max_queue_size ({self.max_queue_size}), "
+                "or a ClassifyStream chunk could never be queued"
             )
         if self.auth_token is not None and not self.auth_token.strip():
             raise ValueError("the auth token is empty; leave it unset to turn auth off")

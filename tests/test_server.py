@@ -250,6 +250,8 @@ def test_settings_refuse_inconsistent_limits_and_read_the_environment(monkeypatc
     assert settings.max_batch_size == 7 and settings.max_wait_ms == 1.0  # env var read; the flag wins over it
     with pytest.raises(GamjeongError, match="max_queue_size"):
         load_settings(model=tmp_path, max_texts_per_request=10, max_queue_size=5)
+    with pytest.raises(GamjeongError, match="max_batch_size"):
+        load_settings(model=tmp_path, max_batch_size=64, max_queue_size=32, max_texts_per_request=8)
     with pytest.raises(GamjeongError, match="tls-key"):
         load_settings(model=tmp_path, tls_cert=tmp_path / "cert.pem")
     with pytest.raises(GamjeongError, match="truncation"):
@@ -270,6 +272,8 @@ async def test_a_full_queue_gives_resource_exhausted(make_server, gated) -> None
         await expect_status(client.classify(["다섯"]), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue is full", "3 texts")
         replies = [r async for r in client.chat(["여섯"])]
         assert replies[0].error_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        stream = client.classify_stream(["일곱", "여덟"])
+        await expect_status(stream.__anext__(), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue is full")
         gated.gate.set()
         assert len(await first) == 1 and len(await queued) == 3  # the queue drains; nothing was lost
         assert len(await client.classify(["다섯"])) == 1
