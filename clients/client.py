@@ -176,7 +176,7 @@ class _ClientBase:
     ) -> None:
         """target: "host:port". TLS is used when `tls` is set or any certificate is given (root_certificates: PEM
         CA of the server, else the system's; client_certificate/client_key: for mutual TLS). token: bearer token.
-        timeout: default deadline of every call in seconds (None: no deadline). max_attempts: tries of a call that
+        timeout: default deadline of unary calls in seconds (None: no deadline); streams have none unless asked. max_attempts: tries of a call that
         gets UNAVAILABLE (1: no retries)."""
         self.target = target
         self.timeout = timeout
@@ -201,8 +201,12 @@ class _ClientBase:
                 certificate_chain=_read(client_certificate),
             )
 
-    def _call_options(self, timeout: float | None) -> dict[str, Any]:
-        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
+    def _call_options(self, timeout: float | None, *, streaming: bool = False) -> dict[str, Any]:
+        """Per-call options. The client's default deadline applies to unary calls; a stream (a bulk job, a chat
+        feed) runs as long as it takes unless this call passes its own timeout."""
+        if timeout is None and not streaming:
+            timeout = self.timeout
+        return {"timeout": timeout, "metadata": self._metadata}
 
 
 class EmotionClient(_ClientBase):
@@ -241,14 +245,14 @@ class EmotionClient(_ClientBase):
     ) -> Iterator[EmotionResult]:
         """Results of a bulk job in order, as the server's batches finish."""
         request = pb.ClassifyStreamRequest(texts=list(texts), top_k=top_k, truncation=_TRUNCATION[truncation])
-        for chunk in self.stub.ClassifyStream(request, **self._call_options(timeout)):
+        for chunk in self.stub.ClassifyStream(request, **self._call_options(timeout, streaming=True)):
             for result in chunk.results:
                 yield EmotionResult.from_proto(result)
 
     def chat(self, messages: Iterable[ChatMessage | str], *, timeout: float | None = None) -> Iterator[ChatReply]:
-        """Replies in message order as they arrive; plain strings get ids "0", "1", ... The default deadline covers
-        the whole conversation: pass timeout=None on the client (or a long one) for a long-lived feed."""
-        for reply in self.stub.ClassifyChat(_as_messages(messages), **self._call_options(timeout)):
+        """Replies in message order as they arrive; plain strings get ids "0", "1", ... No deadline unless `timeout`
+        is given (it would cover the whole conversation)."""
+        for reply in self.stub.ClassifyChat(_as_messages(messages), **self._call_options(timeout, streaming=True)):
             yield ChatReply.from_proto(reply)
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
@@ -300,7 +304,7 @@ class AsyncEmotionClient(_ClientBase):
     ) -> AsyncIterator[EmotionResult]:
         """Results of a bulk job in order, as the server's batches finish."""
         request = pb.ClassifyStreamRequest(texts=list(texts), top_k=top_k, truncation=_TRUNCATION[truncation])
-        async for chunk in self.stub.ClassifyStream(request, **self._call_options(timeout)):
+        async for chunk in self.stub.ClassifyStream(request, **self._call_options(timeout, streaming=True)):
             for result in chunk.results:
                 yield EmotionResult.from_proto(result)
 
@@ -319,9 +323,9 @@ class AsyncEmotionClient(_ClientBase):
                         yield request
                     index += 1
 
-            call = self.stub.ClassifyChat(requests(), **self._call_options(timeout))
+            call = self.stub.ClassifyChat(requests(), **self._call_options(timeout, streaming=True))
         else:
-            call = self.stub.ClassifyChat(_as_messages(messages), **self._call_options(timeout))
+            call = self.stub.ClassifyChat(_as_messages(messages), **self._call_options(timeout, streaming=True))
         async for reply in call:
             yield ChatReply.from_proto(reply)
 

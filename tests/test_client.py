@@ -134,6 +134,11 @@ def test_client_deadline(served: ThreadedServer) -> None:
         with EmotionClient(served.target, timeout=0.3) as client, pytest.raises(grpc.RpcError) as caught:
             client.classify(["느린 서버"])
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The client's default deadline is for unary calls; a stream runs as long as it takes.
+        threading.Timer(1.0, gate.set).start()
+        with EmotionClient(served.target, timeout=0.3) as client:
+            assert len(list(client.classify_stream(["느린", "스트림"]))) == 2
+            assert [r.ok for r in client.chat(["느린 채팅"])] == [True]
     finally:
         gate.set()
         batcher.predictor = real
