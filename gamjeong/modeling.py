@@ -35,7 +35,9 @@ def load_tokenizer(name_or_path: str | Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(name_or_path), use_fast=True)
+        # fix_mistral_regex=False: transformers 4.57.3+ warns wrongly about a Mistral regex for every large-vocabulary
+        # tokenizer (huggingface/transformers#44031); False keeps the tokenizer exactly as saved and silences it.
+        return AutoTokenizer.from_pretrained(str(name_or_path), use_fast=True, fix_mistral_regex=False)
     except OSError as exc:
         if _is_local(name_or_path):
             raise GamjeongError(
