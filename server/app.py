@@ -54,9 +54,9 @@ class GamjeongServer:
         self.metrics = ServerMetrics()
         self._predictor_factory = predictor_factory or default_predictor_factory(settings)
         self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-model")
-        self._tokenizer_executor = ThreadPoolExecutor(
-            max_workers=settings.tokenizer_threads, thread_name_prefix="gamjeong-tokenizer"
-        )
+        # One thread: a fast tokenizer instance must not be used from two threads at once (tokenizers raises
+        # "Already borrowed"); it is fast enough, and the model thread is where the time goes.
+        self._tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-tokenizer")
         self.servicer = EmotionClassifierServicer(settings, self.metrics, self._tokenizer_executor)
         self.health = health.aio.HealthServicer()
         self.batcher: DynamicBatcher | None = None

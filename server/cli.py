@@ -36,7 +36,6 @@ def serve(
     max_message_bytes: int = typer.Option(None, help="Largest gRPC message (default 16 MiB)."),
     grace_s: float = typer.Option(None, help="Seconds in-flight calls get on SIGTERM/SIGINT (default 10)."),
     intra_op_threads: int = typer.Option(None, help="Threads per model call (default: the runtime's)."),
-    tokenizer_threads: int = typer.Option(None, help="Tokenizer threads (default 1)."),
     tls_cert: Path = typer.Option(None, help="PEM server certificate (serve TLS with --tls-key)."),
     tls_key: Path = typer.Option(None, help="PEM key of the server certificate."),
     tls_client_ca: Path = typer.Option(None, help="PEM CA for client certificates (mutual TLS)."),

@@ -41,7 +41,6 @@ class ServerSettings(BaseSettings):
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest gRPC message in or out.")
     grace_s: float = Field(10.0, ge=0, description="Seconds in-flight calls get to finish on SIGTERM/SIGINT.")
     intra_op_threads: int | None = Field(None, ge=1, description="Threads per model call (default: the runtime's).")
-    tokenizer_threads: int = Field(1, ge=1, description="Threads tokenising requests off the event loop.")
 
     tls_cert: Path | None = Field(None, description="PEM server certificate (with --tls-key: serve TLS).")
     tls_key: Path | None = Field(None, description="PEM private key of the server certificate.")
