@@ -74,6 +74,10 @@ class EmotionClassifierServicer:
     def ClassifyStream(self, request, context):
         """A large list of texts in (a bulk job), results streamed back in request order as batches finish, so neither
         side ever builds one huge response. Same errors as Classify, with its own (larger) limit on the number of texts.
+        Counts and empty or over-long (in characters) texts are checked before any result is sent. A text over the token
+        limit with TRUNCATION_REFUSE, or a full queue (RESOURCE_EXHAUSTED), can end the stream after some chunks: those
+        chunks are valid, and the job can be resumed from the first text not answered.
+        No deadline is needed; the server keeps only a few chunks of one stream queued at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,8 +85,9 @@ class EmotionClassifierServicer:
 
     def ClassifyChat(self, request_iterator, context):
         """A chat feed. Each incoming message carries a client-chosen id; each outgoing result carries the same id, and
-        results come back in the order the messages arrived. A bad message (empty text, over-long text with
-        TRUNCATION_REFUSE, queue full) yields a result with `error` set for that id; the stream continues.
+        results come back in the order the messages arrived. A bad message (empty text, text over the character limit,
+        over-long text with TRUNCATION_REFUSE, queue full, a failed model call) yields a result with `error` set for
+        that id; the stream continues. A deadline on the call covers the whole conversation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
