@@ -62,6 +62,17 @@ def environment_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def pivot_markdown(rows: list[dict[str, Any]], value: str) -> str:
+    """One line per backend, one column per (batch size, sequence length) cell."""
+    cells = sorted({(r["batch_size"], r["seq_len"]) for r in rows}, key=lambda c: (c[1], c[0]))
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    lookup = {(r["backend"], r["batch_size"], r["seq_len"]): r[value] for r in rows}
+    head = "| backend | " + " | ".join(f"{b}×{s}" for b, s in cells) + " |"
+    rule = "|---|" + "|".join("---:" for _ in cells) + "|"
+    body = ["| " + name + " | " + " | ".join(_cell(lookup.get((name, *c))) for c in cells) + " |" for name in backends]
+    return "\n".join([head, rule, *body])
+
+
 def model_markdown(results: dict[str, Any]) -> str:
     settings = results["settings"]
     lines = ["# gamjeong bench model", ""]
@@ -81,7 +92,15 @@ def model_markdown(results: dict[str, Any]) -> str:
         "",
         _markdown_table(BACKEND_COLUMNS, results["backends"]),
         "",
-        "## Latency and throughput",
+        "## p50 latency per batch (ms), by batch size × tokens",
+        "",
+        pivot_markdown(results["rows"], "p50_ms"),
+        "",
+        "## Throughput (texts/s), by batch size × tokens",
+        "",
+        pivot_markdown(results["rows"], "texts_per_s"),
+        "",
+        "## Every cell",
         "",
         _markdown_table(ROW_COLUMNS, results["rows"]),
         "",
@@ -216,11 +235,11 @@ def server_markdown(results: dict[str, Any]) -> str:
     for server in results["servers"]:
         lines += server_summary_lines(server)
     lines += ["", "## Load", "", _markdown_table(SERVER_COLUMNS, [_server_row(r) for r in results["rows"]]), ""]
-    lines += ["Batch sizes the server's dynamic batcher made (from `gamjeong_batch_size`):", ""]
+    lines += ["Model calls the dynamic batcher made, by texts per call (from `gamjeong_batch_size`):", ""]
     for row in results["rows"]:
         batches = row.get("batches")
         if batches:
-            buckets = ", ".join(f"{k}: {v}" for k, v in batches["batch_size_buckets"].items()) or "none"
+            buckets = ", ".join(f"{v}× {k}" for k, v in batches["batch_size_buckets"].items()) or "none"
             lines.append(
                 f"- {row['server']} {row['mode']} ×{row['concurrency']}: {batches['model_calls']} model calls ({buckets})"
             )

@@ -38,6 +38,9 @@ from .texts import load_texts
 Mode = Literal["unary", "stream", "chat"]
 MODES: tuple[str, ...] = ("unary", "stream", "chat")
 HEALTH_SERVICE = "gamjeong.v1.EmotionClassifier"
+# A refused call (e.g. RESOURCE_EXHAUSTED from a full queue) is counted, and its client waits this long before the next
+# one, as a real client backs off: an instant retry loop would only burn the CPU the server needs.
+ERROR_BACKOFF_S = 0.1
 
 
 class ServerBenchConfig(BaseModel):
@@ -247,10 +250,16 @@ def _batch_delta(before: dict[str, float] | None, after: dict[str, float] | None
         return None
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     calls = delta.get("_count", 0.0)
-    buckets, previous = {}, 0.0
+    buckets: dict[str, int] = {}
+    previous, lower = 0.0, 1
     for le in sorted((k for k in delta if not k.startswith("_")), key=lambda k: float(k)):
-        buckets[f"<={le.removesuffix('.0')}"] = int(delta[le] - previous)  # cumulative -> per bucket
+        upper = float(le)
+        name = (
+            f"{lower}+" if upper == float("inf") else (f"{int(upper)}" if lower >= upper else f"{lower}-{int(upper)}")
+        )
+        buckets[name] = int(delta[le] - previous)  # cumulative counts -> texts-per-call range
         previous = delta[le]
+        lower = int(upper) + 1 if upper != float("inf") else lower
     return {
         "model_calls": int(calls),
         "mean_batch_size": round(delta.get("_sum", 0.0) / calls, 2) if calls else None,
@@ -283,6 +292,7 @@ async def _unary_client(client, texts: list[str], offset: int, stop_at: float, t
             await client.classify([text])
         except grpc.aio.AioRpcError as exc:
             tally.error(exc.code().name)
+            await asyncio.sleep(ERROR_BACKOFF_S)
             continue
         tally.latencies.append(time.perf_counter() - t0)
         tally.texts += 1
@@ -302,6 +312,7 @@ async def _stream_client(client, texts: list[str], offset: int, stop_at: float, 
                 received += 1
         except grpc.aio.AioRpcError as exc:
             tally.error(exc.code().name)
+            await asyncio.sleep(ERROR_BACKOFF_S)
             continue
         tally.latencies.append(time.perf_counter() - t0)
         tally.texts += received
@@ -492,8 +503,9 @@ def run_server_benchmark(
             "warmup_s": config.warmup_s,
             "stream_texts": config.stream_texts,
             "raw_batch_size": batch_size,
-            "load": "closed loop: each client sends its next request when the previous answer is back; all clients "
-            "share one channel in one asyncio process on the same machine as the server",
+            "load": "closed loop: each client sends its next request when the previous answer is back (or "
+            f"{ERROR_BACKOFF_S:g} s after an error); all clients share one channel in one asyncio process on the same "
+            "machine as the server",
             "latency": "unary: one text per call; stream: a whole ClassifyStream call of stream_texts texts; "
             "chat: one message to its reply on an open ClassifyChat stream",
         },
