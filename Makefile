@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart test lint protos clean
+.PHONY: setup quickstart test lint protos clean bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,14 @@ setup: $(VENV)/.installed
 
 quickstart: setup
 	$(VENV)/bin/gamjeong quickstart
+
+# The numbers in docs/benchmarks.md (about 40 minutes on 2 cores): the model grid and the gRPC server (PyTorch fp32
+# and ONNX int8), with one thread per backend and with the libraries' default threads.
+bench: setup
+	$(VENV)/bin/gamjeong bench model --threads 1 --iterations 10 --max-cell-seconds 10 --output docs/benchmarks/model-1-thread
+	$(VENV)/bin/gamjeong bench server --threads 1 --output docs/benchmarks/server-1-thread
+	$(VENV)/bin/gamjeong bench model --iterations 15 --max-cell-seconds 15 --output docs/benchmarks/model
+	$(VENV)/bin/gamjeong bench server --output docs/benchmarks/server
 
 test: setup
 	$(VENV)/bin/ruff check .

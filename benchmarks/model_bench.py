@@ -473,6 +473,7 @@ def run_model_benchmark(
     """Measure every planned backend; returns the results document (rows, backends, environment, settings)."""
     from gamjeong.modeling import load_tokenizer
 
+    started_environment = environment(config.threads)  # date and load average at the start of the run
     source = load_texts(config.data)
     with tempfile.TemporaryDirectory(prefix="gamjeong-bench-") as tmp:
         workdir = Path(tmp)
@@ -584,7 +585,7 @@ def run_model_benchmark(
             "latency": "per batch: tokenisation (fast tokenizer) + inference (padding, model, softmax); "
             "texts_per_s = batch_size x iterations / total time",
         },
-        "environment": environment(config.threads),
+        "environment": started_environment,
         "backends": backends,
         "rows": rows,
     }

@@ -49,6 +49,10 @@ def _markdown_table(columns: tuple[tuple[str, str], ...], items: list[dict[str, 
     return "\n".join([head, rule, *body])
 
 
+def _load_average(value: Any) -> str:
+    return f"{value} at the start of the run" if isinstance(value, list) else str(value)
+
+
 def environment_lines(results: dict[str, Any]) -> list[str]:
     env = results["environment"]
     libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)
@@ -56,7 +60,7 @@ def environment_lines(results: dict[str, Any]) -> list[str]:
         f"- date: {env['date_utc']}",
         f"- CPU: {env['cpu_model']} ({env['logical_cpus']} logical CPUs, {env['physical_cores']} physical cores; "
         f"bf16 instructions: {'yes' if env['cpu_bf16'] else 'no'}), {env['memory_gb']} GB RAM; "
-        f"load average at start {env['load_average_at_start']}",
+        f"load average (1, 5, 15 min) {_load_average(env['load_average_at_start'])}",
         f"- threads requested: {env['threads_requested'] or 'library defaults'} (OMP_NUM_THREADS={env['omp_num_threads_env']})",
         f"- libraries: {libs}; Python {env['python']}",
     ]
@@ -258,10 +262,14 @@ def throughput_chart(results: dict[str, Any], path: Path) -> None:
     for key in dict.fromkeys((r["server"], r["mode"]) for r in rows):
         points = sorted((r["concurrency"], r["texts_per_s"]) for r in rows if (r["server"], r["mode"]) == key)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{key[0]} {key[1]}")
-    for server in results["servers"]:
+    for index, server in enumerate(results["servers"]):
         if server.get("raw"):
+            raw = server["raw"]["batched"]
             ax.axhline(
-                server["raw"]["batched"]["texts_per_s"], linestyle="--", alpha=0.5, label=f"raw {server['backend']}"
+                raw["texts_per_s"],
+                linestyle="--",
+                color=f"C{7 + index}",
+                label=f"raw {server['backend']}, batches of {raw['batch_size']}",
             )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent clients")

@@ -452,6 +452,7 @@ def run_server_benchmark(
     for path in config.model:
         if not Path(path).expanduser().is_dir():
             raise GamjeongError(f"Model directory '{path}' does not exist.")
+    started_environment = environment(config.threads)  # date and load average at the start of the run
     source = load_texts(config.data)
     texts = source.texts
     random_weights = config.target is None and not config.model
@@ -509,7 +510,7 @@ def run_server_benchmark(
             "latency": "unary: one text per call; stream: a whole ClassifyStream call of stream_texts texts; "
             "chat: one message to its reply on an open ClassifyChat stream",
         },
-        "environment": environment(config.threads),
+        "environment": started_environment,
         "servers": servers,
         "rows": rows,
     }
