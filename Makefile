@@ -24,6 +24,9 @@ quickstart: setup
 bench: setup
 	$(VENV)/bin/gamjeong bench model --threads 1 --iterations 10 --max-cell-seconds 10 --output docs/benchmarks/model-1-thread
 	$(VENV)/bin/gamjeong bench server --threads 1 --output docs/benchmarks/server-1-thread
+	$(VENV)/bin/gamjeong bench server --threads 1 --max-batch-size 1 --modes unary,chat \
+		--model $${XDG_CACHE_HOME:-$$HOME/.cache}/gamjeong/bench/random-distilbert-base-multilingual-cased/onnx-int8 \
+		--output docs/benchmarks/server-no-batching-1-thread
 	$(VENV)/bin/gamjeong bench model --iterations 15 --max-cell-seconds 15 --output docs/benchmarks/model
 	$(VENV)/bin/gamjeong bench server --output docs/benchmarks/server
 
