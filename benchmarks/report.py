@@ -34,6 +34,10 @@ BACKEND_COLUMNS = (
 )
 
 
+def _backend_row(entry: dict[str, Any]) -> dict[str, Any]:
+    return entry | {"reason": entry.get("reason") or entry.get("agreement_note")}
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "–"
@@ -94,7 +98,7 @@ def model_markdown(results: dict[str, Any]) -> str:
         "",
         "## Backends",
         "",
-        _markdown_table(BACKEND_COLUMNS, results["backends"]),
+        _markdown_table(BACKEND_COLUMNS, [_backend_row(b) for b in results["backends"]]),
         "",
         "## p50 latency per batch (ms), by batch size × tokens",
         "",
@@ -162,7 +166,7 @@ def print_model_results(results: dict[str, Any], console: Console) -> None:
     for _, title in BACKEND_COLUMNS:
         backends.add_column(title)
     for entry in results["backends"]:
-        backends.add_row(*(_cell(entry.get(key)) for key, _ in BACKEND_COLUMNS))
+        backends.add_row(*(_cell(_backend_row(entry).get(key)) for key, _ in BACKEND_COLUMNS))
     console.print(backends)
     grid = Table(title="latency per batch (tokenisation + inference)")
     for key, title in ROW_COLUMNS:

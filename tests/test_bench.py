@@ -102,6 +102,18 @@ def test_quick_pytorch_vs_onnx(tiny_model_dir: Path, tiny_fp32_onnx_dir: Path, t
     )
 
 
+def test_onnx_only_has_no_reference(tiny_fp32_onnx_dir: Path, tmp_path: Path) -> None:
+    code, output = _bench(
+        "--quick", "--onnx", str(tiny_fp32_onnx_dir), "--isolation", "inprocess", "--output", str(tmp_path)
+    )
+    assert code == 0, output
+    results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    (entry,) = results["backends"]
+    assert entry["name"] == "onnx-fp32" and entry["status"] == "ok"
+    assert entry["agreement_with_pytorch_fp32"] is None and "not measured" in entry["agreement_note"]
+    assert {r["backend"] for r in results["rows"]} == {"onnx-fp32"}
+
+
 def test_inputs_are_cut_at_exactly_seq_len(tiny_model_dir: Path) -> None:
     from gamjeong.benchmarks.texts import load_texts, texts_of_length
 
