@@ -240,8 +240,11 @@ def _calibration_dataset(quantizer, tokenizer, texts: list[str], max_length: int
     """Tokenised calibration texts as the `datasets.Dataset` ORTQuantizer.fit reads (one unpadded text per step)."""
     from datasets import Dataset
 
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
-    return quantizer.clean_calibration_dataset(Dataset.from_dict(dict(encoded)))  # keeps only the model's inputs
+    encoded = dict(tokenizer(texts, truncation=True, max_length=max_length))
+    # XLM-R-style tokenizers return no token_type_ids, but a BERT-type graph (e5) still takes them: feed zeros, as
+    # OnnxPredictor does. Columns the graph does not take are dropped below.
+    encoded.setdefault("token_type_ids", [[0] * len(ids) for ids in encoded["input_ids"]])
+    return quantizer.clean_calibration_dataset(Dataset.from_dict(encoded))  # keeps only the model's inputs
 
 
 def _quantize_int8(

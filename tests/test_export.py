@@ -202,6 +202,32 @@ def test_static_int8_with_calibration_data_after_o2_optimisation(trained_dir: Pa
     verify_manifest(path)
 
 
+def test_static_int8_of_a_bert_graph_whose_tokenizer_gives_no_token_type_ids(tiny_tokenizer, tmp_path: Path) -> None:
+    """multilingual-e5 (BERT graph, XLM-R tokenizer): calibration must still feed the graph's token_type_ids."""
+    import pandas as pd
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from gamjeong.labels import ID2LABEL, LABEL2ID
+
+    source = tmp_path / "bert"
+    config = BertConfig(
+        vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=7, id2label=ID2LABEL, label2id=LABEL2ID,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(source)
+    tiny_tokenizer.model_input_names = ["input_ids", "attention_mask"]  # as XLM-R's tokenizer
+    try:
+        tiny_tokenizer.save_pretrained(source)
+    finally:
+        tiny_tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    calibration = tmp_path / "calibration.csv"
+    pd.DataFrame({"text": TEXTS}).to_csv(calibration, index=False)
+    path = _export(
+        source, tmp_path / "static", calibration_data=calibration, calibration_samples=8, parity_threshold=0.0
+    )
+    assert _manifest(path)["quantization"]["approach"] == "static"
+
+
 # --- the manifest protects the served model -----------------------------------------------------------------------
 def test_verify_manifest_rejects_tampered_and_truncated_files(int8_dir: Path, tmp_path: Path) -> None:
     from gamjeong.predictor import load_predictor
