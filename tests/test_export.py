@@ -215,11 +215,10 @@ def test_static_int8_of_a_bert_graph_whose_tokenizer_gives_no_token_type_ids(tin
         intermediate_size=64, max_position_embeddings=128, num_labels=7, id2label=ID2LABEL, label2id=LABEL2ID,
     )  # fmt: skip
     BertForSequenceClassification(config).save_pretrained(source)
-    tiny_tokenizer.model_input_names = ["input_ids", "attention_mask"]  # as XLM-R's tokenizer
-    try:
-        tiny_tokenizer.save_pretrained(source)
-    finally:
-        tiny_tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    tiny_tokenizer.save_pretrained(source)
+    tokenizer_config = source / "tokenizer_config.json"  # as XLM-R's tokenizer: no token_type_ids
+    settings = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+    tokenizer_config.write_text(json.dumps({**settings, "model_input_names": ["input_ids", "attention_mask"]}))
     calibration = tmp_path / "calibration.csv"
     pd.DataFrame({"text": TEXTS}).to_csv(calibration, index=False)
     path = _export(
