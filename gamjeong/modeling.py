@@ -7,6 +7,8 @@ and a trained directory is validated the same way everywhere.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,9 +21,9 @@ DEFAULT_BASE_MODEL = "distilbert-base-multilingual-cased"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _offline_hint(name: str) -> str:
+def _offline_hint(name: str, why: str = "no network, or no such model") -> str:
     return (
-        f"Could not load '{name}' from the Hugging Face Hub (no network, or no such model); "
+        f"Could not load '{name}' from the Hugging Face Hub ({why}); "
         "pass --base-model with a local directory that holds the model's config, weights and tokenizer files."
     )
 
@@ -30,10 +32,67 @@ def _is_local(name_or_path: str | Path) -> bool:
     return Path(name_or_path).expanduser().exists()
 
 
+def _hub_offline_by_environment() -> bool:
+    """HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1): the user has said that nothing may be downloaded."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in {"1", "true"}
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick TCP probe of the Hub (or HF_ENDPOINT), so an offline run does not sit through the client's retries.
+
+    Behind an HTTPS proxy a direct probe proves nothing: then the download is simply tried.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_on_this_machine(model_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except Exception:  # an id that is not a valid repo name, or an unusual cache: treat as not cached
+        return False
+
+
+def hub_model_unavailable_reason(name_or_path: str | Path) -> str | None:
+    """Why a model cannot be loaded right now (None when it can: local, cached, or the Hub is reachable).
+
+    Checked before any download so an offline run fails in a second instead of after the client's retries.
+    """
+    if _is_local(name_or_path) or _cached_on_this_machine(str(name_or_path)):
+        return None
+    if _hub_offline_by_environment():
+        return "offline mode"
+    if not _hub_reachable():
+        return "the Hugging Face Hub cannot be reached"
+    return None
+
+
+def _require_loadable(name_or_path: str | Path) -> None:
+    why = hub_model_unavailable_reason(name_or_path)
+    if why is not None:
+        raise GamjeongError(_offline_hint(str(name_or_path), why))
+
+
 def load_tokenizer(name_or_path: str | Path):
     """A fast (Rust) tokenizer from a hub id or directory."""
     from transformers import AutoTokenizer
 
+    _require_loadable(name_or_path)
     try:
         # fix_mistral_regex=False: transformers 4.57.3+ warns wrongly about a Mistral regex for every large-vocabulary
         # tokenizer (huggingface/transformers#44031); False keeps the tokenizer exactly as saved and silences it.
@@ -50,6 +109,7 @@ def load_base_model_for_training(name_or_path: str | Path):
     """A sequence-classification model with a fresh seven-class head on top of any Hugging Face encoder."""
     from transformers import AutoModelForSequenceClassification
 
+    _require_loadable(name_or_path)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             str(name_or_path),

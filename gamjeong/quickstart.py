@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -254,53 +252,14 @@ def prepare_data(config: QuickstartConfig, budget: TrainingBudget, out: Path, ui
 
 
 # --- stage 2: train ---------------------------------------------------------------------------------------------------
-def _hub_offline_by_environment() -> bool:
-    """HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1): the user has said that nothing may be downloaded."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "").strip().lower() in {"1", "true"}
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """A quick TCP probe of the Hub (or HF_ENDPOINT), so an offline run does not sit through the client's retries.
-
-    Behind an HTTPS proxy a direct probe proves nothing: then the download is simply tried.
-    """
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    endpoint = urlsplit(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def _cached_on_this_machine(model_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
-    except Exception:  # an id that is not a valid repo name, or an unusual cache: treat as not cached
-        return False
-
-
 def base_model_available(config: QuickstartConfig) -> tuple[bool, str]:
     """Whether the base model can be loaded, and why not; checked quickly so offline runs do not sit in retries."""
-    if Path(config.base_model).expanduser().exists():
-        return True, ""
-    if _cached_on_this_machine(config.base_model):
-        return True, ""
-    if config.offline or _hub_offline_by_environment():
+    from gamjeong.modeling import hub_model_unavailable_reason
+
+    if config.offline and not Path(config.base_model).expanduser().exists():
         return False, "offline mode"
-    if not _hub_reachable():
-        return False, "the Hugging Face Hub cannot be reached"
-    return True, ""
+    why = hub_model_unavailable_reason(config.base_model)
+    return why is None, why or ""
 
 
 def build_random_base(

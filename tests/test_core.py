@@ -79,3 +79,13 @@ def test_directory_without_our_labels_is_refused(tmp_path) -> None:
     (tmp_path / "config.json").write_text('{"id2label": {"0": "positive", "1": "negative"}}')
     with pytest.raises(GamjeongError, match="not a gamjeong emotion model"):
         load_predictor(tmp_path)
+
+
+def test_unreachable_hub_fails_before_any_download(monkeypatch) -> None:
+    import gamjeong.modeling as modeling
+
+    monkeypatch.setattr(modeling, "_hub_offline_by_environment", lambda: False)
+    monkeypatch.setattr(modeling, "_hub_reachable", lambda timeout_s=3.0: False)
+    with pytest.raises(GamjeongError, match=r"cannot be reached.*--base-model"):
+        modeling.load_tokenizer("gamjeong-test/not-cached")
+    assert modeling.hub_model_unavailable_reason(".") is None  # a local directory never needs the Hub
