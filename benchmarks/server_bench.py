@@ -321,6 +321,7 @@ async def _stream_client(client, texts: list[str], offset: int, stop_at: float, 
 async def _chat_client(client, texts: list[str], offset: int, stop_at: float, tally: _Tally) -> None:
     """One open ClassifyChat stream; the next message goes out when the previous reply has come back."""
     import grpc
+
     from gamjeong.clients import ChatMessage
 
     outbox: asyncio.Queue[ChatMessage | None] = asyncio.Queue()

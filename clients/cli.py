@@ -69,9 +69,9 @@ def classify_on_server(server: str, texts: Sequence[str], *, token: str | None =
     import os
 
     import grpc
-    from gamjeong.training.classify import Classification
 
     from gamjeong.labels import LABEL_NAMES
+    from gamjeong.training.classify import Classification
 
     options = ConnectionOptions(server=server, token=token or os.environ.get("GAMJEONG_AUTH_TOKEN") or None)
     with options.client() as client:

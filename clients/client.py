@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import grpc
+
 from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 

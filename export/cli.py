@@ -11,8 +11,9 @@ from gamjeong.errors import GamjeongError
 
 def _config_from_options(**options: object):
     """The typed ExportConfig; a bad option value becomes one sentence naming the flag."""
-    from gamjeong.export.exporter import ExportConfig
     from pydantic import ValidationError
+
+    from gamjeong.export.exporter import ExportConfig
 
     try:
         return ExportConfig(**options)  # type: ignore[arg-type]

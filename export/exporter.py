@@ -27,11 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from gamjeong.export.targets import CPU_TARGETS, ResolvedTarget, Target, int8_quantization_config, resolve_target
 from pydantic import BaseModel, ConfigDict, Field
 
 from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, PARITY_FILE, describe_files, file_sha256
 from gamjeong.errors import GamjeongError
+from gamjeong.export.targets import CPU_TARGETS, ResolvedTarget, Target, int8_quantization_config, resolve_target
 from gamjeong.labels import LABEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -255,9 +255,10 @@ def _quantize_int8(
     tokenizer,
     max_length: int,
 ) -> tuple[Path, dict[str, object]]:
-    from gamjeong.export.parity import read_texts_file
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoCalibrationConfig
+
+    from gamjeong.export.parity import read_texts_file
 
     is_static = config.calibration_data is not None
     quantization_config = int8_quantization_config(target.name, is_static=is_static, per_channel=config.per_channel)
@@ -447,7 +448,6 @@ def _build(
     say: Report,
 ) -> dict:
     from gamjeong.export.parity import compare_predictors, load_parity_texts
-
     from gamjeong.onnx_runtime import create_session, cuda_available
     from gamjeong.predictor import OnnxPredictor, TorchPredictor
 

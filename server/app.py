@@ -15,17 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
+from gamjeong.errors import GamjeongError
+from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.auth import BearerTokenInterceptor
 from gamjeong.server.batcher import DynamicBatcher
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, describe_model
 from gamjeong.server.settings import ServerSettings
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from gamjeong.errors import GamjeongError
-from gamjeong.predictor import Predictor, load_predictor
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
 from gamjeong.server.metrics import ServerMetrics
 
 # Health probes (load balancers, Kubernetes) carry no credentials; they learn nothing but SERVING/NOT_SERVING.

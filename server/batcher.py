@@ -19,9 +19,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from gamjeong.server.metrics import ServerMetrics
 
 from gamjeong.predictor import EncodedText, Predictor
+from gamjeong.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

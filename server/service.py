@@ -18,8 +18,12 @@ from typing import Any
 
 import grpc
 import numpy as np
+
+from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
 from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
+from gamjeong.labels import EMOTIONS, NUM_LABELS
+from gamjeong.predictor import EncodedText, Predictor
 from gamjeong.server.batcher import (
     BatcherStoppedError,
     DeadlinePassedError,
@@ -29,10 +33,6 @@ from gamjeong.server.batcher import (
 )
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.settings import ServerSettings
-
-from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
-from gamjeong.labels import EMOTIONS, NUM_LABELS
-from gamjeong.predictor import EncodedText, Predictor
 
 log = logging.getLogger(__name__)
 

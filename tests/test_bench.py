@@ -116,7 +116,6 @@ def test_onnx_only_has_no_reference(tiny_fp32_onnx_dir: Path, tmp_path: Path) ->
 
 def test_inputs_are_cut_at_exactly_seq_len(tiny_model_dir: Path) -> None:
     from gamjeong.benchmarks.texts import load_texts, texts_of_length
-
     from gamjeong.predictor import load_predictor
 
     predictor = load_predictor(tiny_model_dir, max_length=48)

@@ -12,14 +12,14 @@ import grpc
 import numpy as np
 import pytest
 from conftest import KOREAN_SENTENCES
+from typer.testing import CliRunner
+
 from gamjeong.clients import ChatMessage, EmotionClient
+from gamjeong.labels import LABEL_NAMES
+from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.app import GamjeongServer
 from gamjeong.server.service import RequestError
 from gamjeong.server.settings import load_settings
-from typer.testing import CliRunner
-
-from gamjeong.labels import LABEL_NAMES
-from gamjeong.predictor import Predictor, load_predictor
 
 TEXTS = [t for texts in KOREAN_SENTENCES.values() for t in texts]
 TOLERANCE = 1e-4  # dynamic int8: see tests/test_server.py

@@ -10,6 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import korean_rows
+from typer.testing import CliRunner
+
+from gamjeong.cli import app
+from gamjeong.errors import GamjeongError
+from gamjeong.labels import LABEL2ID
 from gamjeong.training.data import (
     download_goemotions_korean,
     load_labelled_data,
@@ -18,11 +23,6 @@ from gamjeong.training.data import (
     read_labelled_file_with_report,
     stratified_split,
 )
-from typer.testing import CliRunner
-
-from gamjeong.cli import app
-from gamjeong.errors import GamjeongError
-from gamjeong.labels import LABEL2ID
 
 ROWS = korean_rows()  # (text, English label), 4 per class
 EXPECTED_IDS = [LABEL2ID[label] for _, label in ROWS]

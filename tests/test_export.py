@@ -125,7 +125,6 @@ def test_parity_report_on_the_validation_split(request, fixture: str) -> None:
 
 def test_compare_predictors_measures_differences_agreement_and_quality(tiny_tokenizer) -> None:
     from gamjeong.export.parity import ParityTexts, compare_predictors
-
     from gamjeong.predictor import Predictor
 
     class FixedLogits(Predictor):

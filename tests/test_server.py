@@ -13,18 +13,18 @@ import grpc
 import numpy as np
 import pytest
 from conftest import KOREAN_SENTENCES
-from gamjeong.clients import AsyncEmotionClient, ChatMessage
-from gamjeong.clients.v1 import emotion_pb2 as pb
-from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
-from gamjeong.server.app import GamjeongServer
-from gamjeong.server.batcher import group_by_length
-from gamjeong.server.settings import load_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from gamjeong.clients import AsyncEmotionClient, ChatMessage
+from gamjeong.clients.v1 import emotion_pb2 as pb
+from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.errors import GamjeongError
 from gamjeong.labels import LABEL_NAMES, LABEL_NAMES_KO
 from gamjeong.predictor import Predictor, load_predictor
+from gamjeong.server.app import GamjeongServer
+from gamjeong.server.batcher import group_by_length
+from gamjeong.server.settings import load_settings
 
 TEXTS = [t for texts in KOREAN_SENTENCES.values() for t in texts]
 # The served model is dynamic-int8 ONNX: it quantises activations with the range of the whole batch tensor, so a

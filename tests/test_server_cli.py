@@ -12,9 +12,10 @@ import threading
 from pathlib import Path
 
 import grpc
-from gamjeong.clients import EmotionClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
+
+from gamjeong.clients import EmotionClient
 
 
 def _log_lines(process: subprocess.Popen[str]) -> queue.Queue[dict]:

@@ -13,12 +13,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from gamjeong.clients import AsyncEmotionClient
-from gamjeong.server.app import GamjeongServer
-from gamjeong.server.settings import load_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gamjeong.clients import AsyncEmotionClient
 from gamjeong.predictor import Predictor, load_predictor
+from gamjeong.server.app import GamjeongServer
+from gamjeong.server.settings import load_settings
 
 TOKEN = "s3cret-token_0123456789"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from gamjeong.training.evaluation import compute_metrics, plot_confusion_matrix
-from gamjeong.training.train import class_weights_for
 from typer.testing import CliRunner
 
 from gamjeong.cli import app
 from gamjeong.labels import ID2LABEL, LABEL_NAMES
+from gamjeong.training.evaluation import compute_metrics, plot_confusion_matrix
+from gamjeong.training.train import class_weights_for
 
 TINY_RUN = ["--max-length", "32", "--batch-size", "16", "--learning-rate", "1e-3", "--seed", "7"]
 
@@ -217,8 +217,9 @@ def test_hangul_renders_without_missing_glyphs(tmp_path: Path) -> None:
 
 def test_weighted_loss_is_used(tmp_path: Path, tiny_model_dir: Path) -> None:
     import torch
-    from gamjeong.training.train import _make_trainer_class
     from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+    from gamjeong.training.train import _make_trainer_class
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
     weights = torch.tensor([1.0, 5.0, 1.0, 1.0, 1.0, 1.0, 0.5])

@@ -31,8 +31,9 @@ def inspect_command(
     max_length: int = typer.Option(128, "--max-length", help="Count the texts longer than this many tokens."),
 ) -> None:
     """Rows per class, text length in characters and tokens, duplicates and conflicting labels."""
-    from gamjeong.training.inspection import InspectConfig, inspect_path, render_inspection
     from rich.console import Console
+
+    from gamjeong.training.inspection import InspectConfig, inspect_path, render_inspection
 
     config = _config(
         InspectConfig,
@@ -113,9 +114,8 @@ def train_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --output."),
 ) -> None:
     """Fine-tune an encoder on labelled Korean text and write the trained model directory."""
-    from gamjeong.training.train import TrainConfig, train
-
     from gamjeong.modeling import DEFAULT_BASE_MODEL
+    from gamjeong.training.train import TrainConfig, train
 
     config = _config(
         TrainConfig,

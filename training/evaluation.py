@@ -216,9 +216,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     The data is read and cleaned exactly as training reads a test file, so evaluating a trained directory on its
     own test data reproduces its metrics.json.
     """
-    from gamjeong.training.data import load_labelled_data
-
     from gamjeong.predictor import load_predictor
+    from gamjeong.training.data import load_labelled_data
 
     model_dir = Path(config.model).expanduser()
     data_path = Path(config.data).expanduser() if config.data else _default_eval_data(model_dir)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gamjeong.training.data import FileReport
 from pydantic import BaseModel, ConfigDict, Field
 
 from gamjeong.errors import GamjeongError
 from gamjeong.labels import EMOTIONS
 from gamjeong.modeling import DEFAULT_BASE_MODEL
+from gamjeong.training.data import FileReport
 
 log = logging.getLogger(__name__)
 

@@ -136,9 +136,8 @@ def _make_trainer_class():
 
 
 def _trainer_metrics(eval_prediction) -> dict[str, float]:
-    from gamjeong.training.evaluation import compute_metrics
-
     from gamjeong.predictor import softmax
+    from gamjeong.training.evaluation import compute_metrics
 
     logits = (
         eval_prediction.predictions[0]
@@ -290,10 +289,10 @@ def _resolve_resume(config: TrainConfig, work_dir: Path) -> str | None:
 def _cross_validate(config: TrainConfig, tokenizer, splits, work_dir: Path) -> dict:
     """Stratified K-fold on train+validation (the test split stays untouched); per-fold and mean/std metrics."""
     import pandas as pd
-    from gamjeong.training.evaluation import compute_metrics
     from sklearn.model_selection import StratifiedKFold
 
     from gamjeong.predictor import softmax
+    from gamjeong.training.evaluation import compute_metrics
 
     pool = pd.concat([splits.train, splits.validation], ignore_index=True)
     labels = pool["label"].to_numpy()
@@ -441,6 +440,9 @@ def _prepare_output(config: TrainConfig) -> Path:
 def train(config: TrainConfig) -> Path:
     """Fine-tune, evaluate and write the trained model directory; returns its path."""
     import torch
+
+    from gamjeong.modeling import load_tokenizer
+    from gamjeong.predictor import load_predictor
     from gamjeong.training.data import load_splits, write_split_csv
     from gamjeong.training.evaluation import (
         TRAINING_CURVES_FILE,
@@ -448,9 +450,6 @@ def train(config: TrainConfig) -> Path:
         plot_training_curves,
         write_evaluation_report,
     )
-
-    from gamjeong.modeling import load_tokenizer
-    from gamjeong.predictor import load_predictor
 
     output = _prepare_output(config)
     work_dir = output / CHECKPOINTS_DIR
