@@ -66,8 +66,11 @@ def shared_data_dir() -> Path:
 def tiny_tokenizer():
     """A WordPiece tokenizer trained on the fly, so tiny models have a tiny vocabulary."""
     from gamjeong.modeling import train_wordpiece_tokenizer
+    from gamjeong.samples import sample_texts
 
-    texts = [t for t, _ in korean_rows()]
+    # The built-in sample set keeps the vocabulary realistic (a few hundred pieces would map most words to [UNK])
+    # also where the shared data is absent.
+    texts = [t for t, _ in korean_rows()] + sample_texts()
     if GOEMOTIONS_DIR.is_dir():
         import pandas as pd
 
