@@ -4,6 +4,7 @@ on top of the shared dynamic batcher."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -166,63 +167,48 @@ def _status_of_cancelled(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Counts the RPC by status code and times it; turns RequestError into the matching gRPC status."""
 
-    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
-        def record(self: EmotionClassifierServicer, code: grpc.StatusCode, started: float) -> None:
-            self.metrics.requests.labels(method=method, code=code.name).inc()
-            self.metrics.request_latency.labels(method=method).observe(time.perf_counter() - started)
-
-        async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> grpc.StatusCode:
+    @contextlib.asynccontextmanager
+    async def observing(self: EmotionClassifierServicer, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """One place for both call shapes: readiness check, status code of every way a call can end, metrics."""
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            self.check_ready()
+            yield
+        except asyncio.CancelledError:
+            code = _status_of_cancelled(context)
+            raise
+        except GeneratorExit:  # a stream ended while a response was pending (client gone)
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:
             if isinstance(exc, RequestError):
                 code, message = exc.code, exc.message
             else:
                 log.exception("unexpected error in %s", method)
                 code, message = grpc.StatusCode.INTERNAL, f"Internal error ({exc.__class__.__name__}); see server log."
             await context.abort(code, message)
-            return code  # not reached: abort raises
+        finally:
+            self.metrics.requests.labels(method=method, code=code.name).inc()
+            self.metrics.request_latency.labels(method=method).observe(time.perf_counter() - started)
 
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(handler):
 
             @functools.wraps(handler)
             async def streaming(self: EmotionClassifierServicer, request: Any, context: Any) -> AsyncIterator[Any]:
-                started, code = time.perf_counter(), grpc.StatusCode.OK
-                try:
-                    self.check_ready()
+                async with observing(self, context):
                     async for response in handler(self, request, context):
                         yield response
-                except asyncio.CancelledError:
-                    code = _status_of_cancelled(context)
-                    raise
-                except GeneratorExit:  # the call ended while a response was pending (client gone)
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except grpc.aio.AbortError:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                except Exception as exc:
-                    code = exc.code if isinstance(exc, RequestError) else grpc.StatusCode.INTERNAL
-                    await abort(context, exc)
-                finally:
-                    record(self, code, started)
 
             return streaming
 
         @functools.wraps(handler)
         async def unary(self: EmotionClassifierServicer, request: Any, context: Any) -> Any:
-            started, code = time.perf_counter(), grpc.StatusCode.OK
-            try:
-                self.check_ready()
+            async with observing(self, context):
                 return await handler(self, request, context)
-            except asyncio.CancelledError:
-                code = _status_of_cancelled(context)
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:
-                code = exc.code if isinstance(exc, RequestError) else grpc.StatusCode.INTERNAL
-                await abort(context, exc)
-            finally:
-                record(self, code, started)
 
         return unary
 

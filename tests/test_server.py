@@ -306,6 +306,17 @@ async def test_expired_and_cancelled_calls_are_dropped_before_the_model_runs(mak
     assert server.metrics.value("gamjeong_requests_total", {"method": "Classify", "code": "DEADLINE_EXCEEDED"}) == 1
 
 
+async def test_an_abandoned_stream_is_counted_cancelled_and_the_server_goes_on(make_server) -> None:
+    server = await make_server()
+    async with client_for(server) as client:
+        call = client.stub.ClassifyStream(pb.ClassifyStreamRequest(texts=["긴 작업의 문장"] * 2000), timeout=30)
+        first = await call.read()  # a first chunk arrived; then the client walks away
+        assert first.offset == 0 and len(first.results) > 0
+        call.cancel()
+        await until(lambda: server.metrics.value("gamjeong_requests_total", {"method": "ClassifyStream", "code": "CANCELLED"}) == 1, "the cancelled stream to be counted")  # fmt: skip
+        assert len(await client.classify(["다음 메시지"])) == 1
+
+
 # --- batching -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["onnx-int8", "pytorch-fp32"])
 async def test_concurrent_clients_are_batched_and_get_the_unbatched_results(
