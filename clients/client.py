@@ -154,6 +154,13 @@ def _as_messages(messages: Iterable[ChatMessage | str]) -> Iterator[pb.ChatMessa
         yield pb.ChatMessage(id=message.id, conversation_id=message.conversation_id, text=message.text)
 
 
+def _classify_request(texts: str | Sequence[str], top_k: int, truncation: Truncation | None) -> pb.ClassifyRequest:
+    """The request both clients send for `classify` (a single string is one text)."""
+    return pb.ClassifyRequest(
+        texts=[texts] if isinstance(texts, str) else list(texts), top_k=top_k, truncation=_TRUNCATION[truncation]
+    )
+
+
 def _read(value: bytes | str | Path | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
@@ -230,9 +237,7 @@ class EmotionClient(_ClientBase):
         timeout: float | None = None,
     ) -> list[EmotionResult]:
         """One result per text, in order (a single string is one text)."""
-        request = pb.ClassifyRequest(
-            texts=[texts] if isinstance(texts, str) else list(texts), top_k=top_k, truncation=_TRUNCATION[truncation]
-        )
+        request = _classify_request(texts, top_k, truncation)
         response = self.stub.Classify(request, **self._call_options(timeout))
         return [EmotionResult.from_proto(r) for r in response.results]
 
@@ -289,9 +294,7 @@ class AsyncEmotionClient(_ClientBase):
         timeout: float | None = None,
     ) -> list[EmotionResult]:
         """One result per text, in order (a single string is one text)."""
-        request = pb.ClassifyRequest(
-            texts=[texts] if isinstance(texts, str) else list(texts), top_k=top_k, truncation=_TRUNCATION[truncation]
-        )
+        request = _classify_request(texts, top_k, truncation)
         response = await self.stub.Classify(request, **self._call_options(timeout))
         return [EmotionResult.from_proto(r) for r in response.results]
 
