@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +151,20 @@ def latency_chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_model_results(results: dict[str, Any], output: Path) -> dict[str, Path]:
+def _write_results(
+    results: dict[str, Any], output: Path, markdown: Callable[[dict[str, Any]], str], chart: Callable, chart_name: str
+) -> dict[str, Path]:
+    """results.json, results.md and a PNG chart in `output`: the files every benchmark run leaves."""
     output.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output / "results.json", "markdown": output / "results.md", "chart": output / "latency.png"}
+    paths = {"json": output / "results.json", "markdown": output / "results.md", "chart": output / chart_name}
     paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(model_markdown(results), encoding="utf-8")
-    latency_chart(results, paths["chart"])
+    paths["markdown"].write_text(markdown(results), encoding="utf-8")
+    chart(results, paths["chart"])
     return paths
+
+
+def write_model_results(results: dict[str, Any], output: Path) -> dict[str, Path]:
+    return _write_results(results, output, model_markdown, latency_chart, "latency.png")
 
 
 def print_model_results(results: dict[str, Any], console: Console) -> None:
@@ -287,12 +295,7 @@ def throughput_chart(results: dict[str, Any], path: Path) -> None:
 
 
 def write_server_results(results: dict[str, Any], output: Path) -> dict[str, Path]:
-    output.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output / "results.json", "markdown": output / "results.md", "chart": output / "throughput.png"}
-    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(server_markdown(results), encoding="utf-8")
-    throughput_chart(results, paths["chart"])
-    return paths
+    return _write_results(results, output, server_markdown, throughput_chart, "throughput.png")
 
 
 def print_server_results(results: dict[str, Any], console: Console) -> None:
