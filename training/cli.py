@@ -74,6 +74,12 @@ def train_command(
     max_steps: int | None = typer.Option(
         None, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."
     ),
+    time_budget: float | None = typer.Option(
+        None,
+        "--time-budget",
+        help="Train for about this many minutes: the steps are planned from the measured step time, the "
+        "learning-rate schedule ends on time, and the best evaluated checkpoint is kept (--epochs/--max-steps cap it).",
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Batch size per device."),
     gradient_accumulation_steps: int = typer.Option(
         1, "--gradient-accumulation-steps", help="Batches per optimizer step."
@@ -129,6 +135,7 @@ def train_command(
         encoding=encoding,
         epochs=epochs,
         max_steps=max_steps,
+        time_budget_minutes=time_budget,
         batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         learning_rate=learning_rate,

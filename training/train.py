@@ -49,6 +49,9 @@ class TrainConfig(BaseModel):
     base_model: str = DEFAULT_BASE_MODEL
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, ge=1)  # overrides epochs
+    # Train for this many minutes instead: the step count is planned from the measured step time (training/budget.py);
+    # epochs / max_steps then only bound it from above.
+    time_budget_minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(32, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
@@ -80,6 +83,7 @@ class FitResult:
     best_checkpoint: str | None
     stopped_early: bool
     runtime_s: float
+    time_budget: dict | None = None  # BudgetPlan.as_dict() of a --time-budget run
 
 
 # --- pieces ------------------------------------------------------------------------------------------------------
@@ -206,6 +210,8 @@ def _fit(
     )
     total_steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
     eval_steps = config.eval_steps or min(steps_per_epoch, total_steps)
+    if config.time_budget_minutes is not None:
+        eval_steps = total_steps + 1  # the budget callback chooses when to evaluate (and checkpoint)
     logging_steps = config.logging_steps or max(1, min(50, eval_steps // 4))
 
     weights = None
@@ -241,9 +247,17 @@ def _fit(
         dataloader_pin_memory=torch.cuda.is_available(),
         **_mixed_precision(config.precision),
     )
-    callbacks = []
+    callbacks: list = []
     if config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    budget = None
+    if config.time_budget_minutes is not None:
+        from gamjeong.training.budget import TimeBudgetCallback
+
+        # An evaluation batch (twice the size, forward only) costs about 2/3 of a training step.
+        eval_batches = math.ceil(len(validation_texts) / (config.batch_size * 2))
+        budget = TimeBudgetCallback(config.time_budget_minutes * 60, eval_fraction_cost=eval_batches * 2 / 3)
+        callbacks.append(budget)
     trainer = _make_trainer_class()(
         model=model,
         args=arguments,
@@ -263,8 +277,9 @@ def _fit(
         trainer=trainer,
         best_metric=state.best_metric,
         best_checkpoint=Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None,
-        stopped_early=state.global_step < state.max_steps,  # max_steps: the planned number of steps
+        stopped_early=state.global_step < state.max_steps and (budget is None or budget.plan.stopped_by != "plan"),
         runtime_s=runtime,
+        time_budget=budget.plan.as_dict() if budget is not None else None,
     )
 
 
@@ -510,6 +525,7 @@ def train(config: TrainConfig) -> Path:
         "best_validation_macro_f1": fit.best_metric,
         "stopped_early": fit.stopped_early,
         "train_runtime_s": round(fit.runtime_s, 2),
+        "time_budget": fit.time_budget,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
         "class_weights": class_weights_for(splits.train["label"].to_numpy()).round(4).tolist()
         if config.class_weights == "auto"
