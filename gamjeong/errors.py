@@ -7,3 +7,8 @@ class GamjeongError(Exception):
     The CLI prints the message as one sentence and exits with a non-zero code; the server maps it to
     INVALID_ARGUMENT or FAILED_PRECONDITION. The message must say what to do instead.
     """
+
+
+class QualityGateError(GamjeongError):
+    """An export whose answers drift too far from its PyTorch model (the export's gate); callers may fall back to a
+    more precise export instead of stopping, so it has its own type rather than a message to match."""
