@@ -100,3 +100,27 @@ def verify_manifest(directory: str | Path) -> dict:
             "copy the exported directory again or re-run `gamjeong export`."
         )
     return manifest
+
+
+# A fast tokenizer is read from tokenizer.json, or converted from one of the slow tokenizers' vocabulary files.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+    "vocab.json",
+)
+
+
+def require_tokenizer(directory: str | Path) -> None:
+    """One sentence when a model directory holds no tokenizer; checked before a model is loaded, because a missing
+    tokenizer otherwise surfaces after the model load as an AttributeError deep inside transformers."""
+    from gamjeong.errors import GamjeongError
+
+    root = Path(directory)
+    if not any((root / name).is_file() for name in TOKENIZER_FILES):
+        raise GamjeongError(
+            f"'{root}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the tokenizer files of the "
+            "trained model into it or re-run `gamjeong export`."
+        )

@@ -13,6 +13,40 @@ log = logging.getLogger(__name__)
 ProviderChoice = Literal["auto", "cuda", "cpu"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 _PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+# Operators that only exist in a quantised graph (dynamic QOperator and static QDQ formats)
+INT8_OP_TYPES = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearMatMul",
+        "QLinearConv",
+        "QAttention",
+        "QEmbedLayerNormalization",
+        "QGemm",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+    }
+)
+
+
+def graph_precision(model_path: str | Path) -> str:
+    """ "int8", "fp16" or "fp32", read from the graph itself: quantisation operators make it int8, float16 weights fp16.
+
+    What the server reports comes from here, not from manifest.json's description: the manifest's sha256 list covers
+    every file but the manifest, so its descriptive fields are only as trustworthy as whoever last edited it.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    graph = model.graph
+    if any(node.op_type in INT8_OP_TYPES for node in graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        return "fp16"
+    return "fp32"
 
 
 def available_providers() -> list[str]:

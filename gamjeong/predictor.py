@@ -6,7 +6,6 @@ interface, so a number measured here is the number the server will see.
 
 from __future__ import annotations
 
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, is_exported_dir, verify_manifest
+from gamjeong.artifacts import CONFIG_FILE, ONNX_MODEL_FILE, is_exported_dir, require_tokenizer, verify_manifest
 from gamjeong.errors import GamjeongError
 
 log = logging.getLogger(__name__)
@@ -171,17 +170,12 @@ class OnnxPredictor(Predictor):
 
 
 def _onnx_precision(model_dir: Path, manifest: dict | None = None) -> str:
-    """The precision ("fp32", "int8" or "fp16"): the quantization mode recorded by `gamjeong export` in manifest.json."""
-    if manifest is None:
-        manifest_file = model_dir / MANIFEST_FILE
-        if not manifest_file.is_file():
-            return "fp32"
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    quantization = manifest.get("quantization") or {}
-    mode = quantization.get("mode") if isinstance(quantization, dict) else quantization
-    if mode and mode != "none":
-        return str(mode)
-    return "fp32"
+    """The precision ("fp32", "int8" or "fp16") of an exported directory's model.onnx, read from the graph itself
+    (gamjeong.onnx_runtime.graph_precision): the manifest's own description is not covered by its checksums.
+    `manifest` is accepted for older callers and not read."""
+    from gamjeong.onnx_runtime import graph_precision
+
+    return graph_precision(Path(model_dir) / ONNX_MODEL_FILE)
 
 
 def load_predictor(
@@ -204,6 +198,7 @@ def load_predictor(
     path = Path(model_dir).expanduser()
     if not (path / CONFIG_FILE).is_file() and not is_exported_dir(path):
         raise GamjeongError(f"'{path}' is neither a trained nor an exported gamjeong model directory.")
+    require_tokenizer(path)  # before the (slow) model load: a missing tokenizer is one sentence, not a traceback
     use_onnx = backend == "onnx" or (backend == "auto" and is_exported_dir(path))
     if use_onnx:
         from gamjeong.onnx_runtime import create_session

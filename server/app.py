@@ -7,6 +7,7 @@ Health goes through NOT_SERVING (listening, model loading) -> SERVING (model loa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -18,17 +19,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.errors import GamjeongError
 from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.auth import BearerTokenInterceptor
 from gamjeong.server.batcher import DynamicBatcher
 from gamjeong.server.metrics import ServerMetrics
-from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, describe_model
+from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server, describe_model
 from gamjeong.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+# Time kept from the grace period for what follows the gRPC server's own stop (batcher, metrics, thread pools).
+_STOP_MARGIN_S = 0.2
 # Warm-up inputs: a short message and one that fills the model's whole input length.
 _WARMUP_TEXTS = ("오늘 정말 행복해요", "가나다라마바사 " * 400)
 
@@ -64,6 +66,7 @@ class GamjeongServer:
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stopping = False
+        self._hurry = asyncio.Event()  # a second signal: skip what is left of the drain and the grace period
 
     # --- start-up ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -82,7 +85,7 @@ class GamjeongServer:
                 ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
             ],
         )
-        pb_grpc.add_EmotionClassifierServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)  # its deserializers turn malformed bytes into INVALID_ARGUMENT
         # The health servicer starts with "" SERVING; nothing is served before the model is warm.
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -111,7 +114,9 @@ class GamjeongServer:
         self._server = server
         if settings.metrics_port >= 0:
             try:
-                self.metrics_port = self.metrics.serve_http(settings.metrics_host, settings.metrics_port)
+                self.metrics_port = self.metrics.serve_http(
+                    settings.metrics_address, settings.metrics_port, token=settings.auth_token
+                )
             except OSError as exc:
                 await server.stop(0)
                 raise GamjeongError(
@@ -170,16 +175,31 @@ class GamjeongServer:
             predictor.predict_encoded([encoded])
 
     # --- shut-down --------------------------------------------------------------------------------------------
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new calls, let in-flight calls finish within the grace period, stop."""
+    async def stop(self, grace_s: float | None = None, drain_s: float | None = None) -> None:
+        """Drain, then stop, all within `grace_s` of the call.
+
+        1. Drain (`drain_s`, at most the grace period): health says NOT_SERVING to every new probe, and everything
+           is still served, so load balancers and readiness probes see the change and move traffic away first.
+        2. New calls are refused (the listener closes); in-flight calls get what is left of the grace period.
+        3. The batcher, the metrics endpoint and the thread pools stop; the process can exit within the grace period.
+        """
         if self._stopping:
             return
         self._stopping = True
+        loop = asyncio.get_running_loop()
         grace = self.settings.grace_s if grace_s is None else grace_s
-        log.info("shutting down", extra={"grace_s": grace})
-        await self.health.enter_graceful_shutdown()
+        deadline = loop.time() + grace
+        drain = min(self.settings.drain_s if drain_s is None else drain_s, grace)
+        log.info("shutting down", extra={"grace_s": grace, "drain_s": drain})
+        await self.health.enter_graceful_shutdown()  # NOT_SERVING for "" and every service, for good
+        if drain > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), drain)
+        # What is left, less a margin for the steps after the listener is closed (measured: well under 0.1 s).
+        remaining = 0.0 if self._hurry.is_set() else max(0.0, deadline - loop.time() - _STOP_MARGIN_S)
+        log.info("refusing new calls", extra={"grace_left_s": round(remaining, 3)})
         if self._server is not None:
-            await self._server.stop(grace)  # the batcher keeps running: in-flight calls still need the model
+            await self._server.stop(remaining)  # the batcher keeps running: in-flight calls still need the model
         if self.batcher is not None:
             await self.batcher.stop()
         self.metrics.stop_http()
@@ -198,8 +218,10 @@ class GamjeongServer:
             nonlocal signals_seen
             signals_seen += 1
             log.info("signal received", extra={"signal": signal.Signals(signum).name})
-            if signals_seen > 1 and self._server is not None:
-                background.add(asyncio.ensure_future(self._server.stop(0)))
+            if signals_seen > 1:
+                self._hurry.set()
+                if self._server is not None:
+                    background.add(asyncio.ensure_future(self._server.stop(0)))
             signalled.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,9 +1,12 @@
-"""Optional bearer-token auth: a server interceptor that checks `authorization: Bearer <token>` metadata."""
+"""Optional bearer-token auth: a server interceptor that checks `authorization: Bearer <token>` metadata.
+
+The same check guards the Prometheus endpoint (server/metrics.py) when a token is set.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -14,11 +17,32 @@ from gamjeong.server.metrics import ServerMetrics
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
+def bearer_problem(values: Sequence[str | bytes], token: str) -> str | None:
+    """None when `values` (every authorization header of the request) is exactly one `Bearer <token>`; else why not.
+
+    The scheme is case-insensitive and may be followed by several spaces (RFC 7235 section 2.1). Two headers are
+    refused rather than one of them picked: proxies and frameworks disagree on which one wins, and a check that reads
+    a different header than the one a proxy logged or rewrote is a way around it.
+    """
+    if not values:
+        return "This server needs a bearer token; send metadata 'authorization: Bearer <token>'."
+    if len(values) > 1:
+        return "Send exactly one 'authorization' header; this request has several."
+    value = values[0]
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    scheme, _, credentials = text.partition(" ")
+    given = credentials.lstrip(" ").encode("latin-1", errors="replace")
+    # compare_digest runs in constant time (no timing oracle on the token); the scheme check is not secret.
+    if scheme.lower() == "bearer" and hmac.compare_digest(given, token.encode()):
+        return None
+    return "Missing or wrong bearer token; send metadata 'authorization: Bearer <token>'."
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses every call without the right bearer token with UNAUTHENTICATED (health checks excepted)."""
 
     def __init__(self, token: str, metrics: ServerMetrics | None = None) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._token = token
         self._metrics = metrics
 
     async def intercept_service(
@@ -30,19 +54,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_bytes, self._expected):  # constant time: no timing oracle on the token
+        given = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
+        problem = bearer_problem(given, self._token)
+        if problem is None:
             return handler
         if self._metrics is not None:
             self._metrics.requests.labels(method=method.rsplit("/", 1)[-1], code="UNAUTHENTICATED").inc()
-        message = (
-            "Missing or wrong bearer token; send metadata 'authorization: Bearer <token>'."
-            if given
-            else "This server needs a bearer token; send metadata 'authorization: Bearer <token>'."
-        )
-        return _refusing(handler, message)
+        return _refusing(handler, problem)
 
 
 def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

@@ -22,6 +22,7 @@ def serve(
     host: str = typer.Option(None, help="Listen address (default [::]). [GAMJEONG_HOST]"),
     port: int = typer.Option(None, help="gRPC port (default 50051; 0 picks a free one). [GAMJEONG_PORT]"),
     metrics_port: int = typer.Option(None, help="Prometheus port (default 9464; -1 off). [GAMJEONG_METRICS_PORT]"),
+    metrics_host: str = typer.Option(None, help="Prometheus listen address (default: --host). [GAMJEONG_METRICS_HOST]"),
     max_batch_size: int = typer.Option(None, help="Most texts per model call (default 32)."),
     max_batch_tokens: int = typer.Option(None, help="Most padded tokens per model call (default 8192)."),
     max_wait_ms: float = typer.Option(
@@ -34,7 +35,10 @@ def serve(
     max_length: int = typer.Option(None, help="Max input tokens (default: the tokenizer's, at most 512)."),
     truncation: str = typer.Option(None, help="Default for over-long texts: truncate | refuse."),
     max_message_bytes: int = typer.Option(None, help="Largest gRPC message (default 16 MiB)."),
-    grace_s: float = typer.Option(None, help="Seconds in-flight calls get on SIGTERM/SIGINT (default 10)."),
+    grace_s: float = typer.Option(None, help="Seconds from SIGTERM/SIGINT to exit, drain included (default 10)."),
+    drain_s: float = typer.Option(
+        None, help="Seconds health says NOT_SERVING while calls are still served, on SIGTERM (default 3)."
+    ),
     intra_op_threads: int = typer.Option(None, help="Threads per model call (default: the runtime's)."),
     tls_cert: Path = typer.Option(None, help="PEM server certificate (serve TLS with --tls-key)."),
     tls_key: Path = typer.Option(None, help="PEM key of the server certificate."),
@@ -56,6 +60,21 @@ def serve(
     settings = load_settings(**{k: v for k, v in flags.items() if k in _SETTING_NAMES})
     with structured_logging(settings.log_format, settings.log_level):
         asyncio.run(GamjeongServer(settings).serve_until_signalled())
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End the process as soon as the server has stopped. The interpreter's own teardown (garbage-collecting the
+    module graphs of transformers, tokenizers and onnxruntime) takes 1-3 s more, measured, which would put the exit past
+    the grace period a supervisor such as Kubernetes allows; nothing is left to clean up by then."""
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # Every parameter of `serve` is a ServerSettings field; values are validated there (one clear error for a bad one).

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +78,22 @@ class ServerMetrics:
         )
         self._http_server = None
 
-    def serve_http(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint in a daemon thread; returns the port it listens on."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve_http(self, host: str, port: int, token: str | None = None) -> int:
+        """Start the /metrics HTTP endpoint in a daemon thread; returns the port it listens on.
+
+        With a token, a scrape must carry `Authorization: Bearer <token>` (Prometheus: `authorization: {credentials:
+        ...}` in the scrape config); without one, 401.
+        """
+        address = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # "[::]" is gRPC's spelling
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+        app = make_wsgi_app(self.registry)
+        server = make_server(address, port, app if token is None else _guarded(app, token), server_class, _QuietHandler)
+        # A short poll interval: shutdown() waits for the serving loop to notice, and that is part of the grace period.
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self._http_server = server
         bound = int(server.server_address[1])
-        log.info("metrics endpoint listening", extra={"host": host, "port": bound})
+        log.info("metrics endpoint listening", extra={"host": address, "port": bound, "auth": token is not None})
         return bound
 
     def stop_http(self) -> None:
@@ -89,3 +105,24 @@ class ServerMetrics:
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0 when it has none yet); for tests and logs."""
         return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would flood stderr with access lines that are not JSON."""
+
+
+def _guarded(app: Callable[..., Iterable[bytes]], token: str) -> Callable[..., Iterable[bytes]]:
+    from gamjeong.server.auth import bearer_problem
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # wsgiref joins repeated headers with ",", which then fails the check: two headers are refused as in gRPC.
+        given = environ.get("HTTP_AUTHORIZATION")
+        if bearer_problem([given] if given is not None else [], token) is None:
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="metrics"')]
+        )
+        return [b"This endpoint needs 'Authorization: Bearer <token>' (the server's --auth-token).\n"]
+
+    return guarded

@@ -7,33 +7,36 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
-from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
 from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.labels import EMOTIONS, NUM_LABELS
 from gamjeong.predictor import EncodedText, Predictor
-from gamjeong.server.batcher import (
-    BatcherStoppedError,
-    DeadlinePassedError,
-    DynamicBatcher,
-    QueueFullError,
-    TextOutcome,
-)
+from gamjeong.server.batcher import DynamicBatcher, TextOutcome
 from gamjeong.server.metrics import ServerMetrics
+from gamjeong.server.model_info import describe_model
 from gamjeong.server.settings import ServerSettings
+from gamjeong.server.status import (
+    HTTP_STATUS,
+    RequestError,
+    UndecodableRequest,
+    UndecodableRequestError,
+    http_status,
+    internal_error,
+    status_of,
+)
+from gamjeong.server.validation import check_chat_ids, check_truncation_value, is_blank
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +44,17 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmotionClassifier"].full_name  # 
 # How many chunks (of max_batch_size texts) of a ClassifyStream call are queued at once, at most: enough to keep the
 # model busy while results are sent, few enough to leave room in the queue for everybody else.
 STREAM_CHUNKS_IN_FLIGHT = 4
-
-
-class RequestError(Exception):
-    """A call (or one chat message) that fails with this gRPC status code and one-sentence message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# Re-exported: the HTTP transport and older callers import these from here.
+__all__ = [
+    "HTTP_STATUS",
+    "SERVICE_NAME",
+    "EmotionClassifierServicer",
+    "RequestError",
+    "add_to_server",
+    "describe_model",
+    "emotion_result",
+    "http_status",
+]
 
 
 @dataclass(frozen=True)
@@ -58,74 +63,6 @@ class RequestOptions:
 
     top_k: int
     refuse_truncation: bool
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gamjeong")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _base_model(model_dir: Path) -> str:
-    """The pretrained model the served one was fine-tuned from, as recorded by `gamjeong train` (metrics.json), also
-    for an exported directory (via the trained directory its manifest names); "" when nothing says."""
-    manifest = _read_json(model_dir / MANIFEST_FILE)
-    source = manifest.get("source")
-    candidates = [model_dir]
-    if isinstance(source, dict) and isinstance(source.get("model_dir"), str):
-        candidates.append(Path(source["model_dir"]))
-    for directory in candidates:
-        metrics = _read_json(directory / METRICS_FILE)
-        training = metrics.get("training")
-        for record in (training if isinstance(training, dict) else {}, metrics, manifest):
-            value = record.get("base_model")
-            if isinstance(value, str) and value:
-                return value
-    name_or_path = _read_json(model_dir / CONFIG_FILE).get("_name_or_path")
-    if isinstance(name_or_path, str) and name_or_path and not Path(name_or_path).is_absolute():
-        return name_or_path
-    return ""
-
-
-def describe_model(model_dir: Path, predictor: Predictor, settings: ServerSettings) -> pb.ModelInfo:
-    """The GetModelInfo answer, from the predictor and whatever the artifacts say about the model."""
-    manifest = _read_json(model_dir / MANIFEST_FILE)
-    base_model = _base_model(model_dir)
-    model_name = str(manifest.get("model_name") or model_dir.resolve().name)
-    precision = predictor.backend.split("-")[1] if "-" in predictor.backend else "fp32"
-    provider = getattr(predictor, "provider", None) or f"pytorch-{predictor.device}"
-    return pb.ModelInfo(
-        model_name=model_name,
-        base_model=base_model,
-        labels=[pb.Label(id=e.id, name=e.name, name_ko=e.name_ko) for e in EMOTIONS],
-        quantization="none" if precision == "fp32" else precision,
-        backend=predictor.backend,
-        execution_provider=provider,
-        max_input_length=predictor.max_length,
-        limits=pb.Limits(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_wait_ms=settings.max_wait_ms,
-            max_texts_per_request=settings.max_texts_per_request,
-            max_stream_texts=settings.max_stream_texts,
-            max_queue_size=settings.max_queue_size,
-            max_text_chars=settings.max_text_chars,
-            default_truncation=pb.TRUNCATION_REFUSE if settings.truncation == "refuse" else pb.TRUNCATION_TRUNCATE,
-            max_message_bytes=settings.max_message_bytes,
-        ),
-        version=_version(),
-    )
 
 
 def emotion_result(outcome: TextOutcome, encoded: EncodedText, tokenization_ns: int, top_k: int) -> pb.EmotionResult:
@@ -164,6 +101,11 @@ def _status_of_cancelled(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
 
 
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, UndecodableRequest):
+        raise UndecodableRequestError(request)
+
+
 def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Counts the RPC by status code and times it; turns RequestError into the matching gRPC status."""
 
@@ -184,11 +126,10 @@ def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as exc:
-            if isinstance(exc, RequestError):
-                code, message = exc.code, exc.message
-            else:
+            known = status_of(exc, max_queue_size=self.settings.max_queue_size)
+            if known is None:
                 log.exception("unexpected error in %s", method)
-                code, message = grpc.StatusCode.INTERNAL, f"Internal error ({exc.__class__.__name__}); see server log."
+            code, message = known or internal_error(exc)
             await context.abort(code, message)
         finally:
             self.metrics.requests.labels(method=method, code=code.name).inc()
@@ -200,14 +141,19 @@ def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             @functools.wraps(handler)
             async def streaming(self: EmotionClassifierServicer, request: Any, context: Any) -> AsyncIterator[Any]:
                 async with observing(self, context):
-                    async for response in handler(self, request, context):
-                        yield response
+                    _refuse_undecodable(request)
+                    # aclosing: when this stream ends early (client gone, server stopping), the handler's own cleanup
+                    # (cancelling its tasks) runs now, not whenever the garbage collector finds the generator.
+                    async with contextlib.aclosing(handler(self, request, context)) as responses:
+                        async for response in responses:
+                            yield response
 
             return streaming
 
         @functools.wraps(handler)
         async def unary(self: EmotionClassifierServicer, request: Any, context: Any) -> Any:
             async with observing(self, context):
+                _refuse_undecodable(request)
                 return await handler(self, request, context)
 
         return unary
@@ -238,6 +184,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
 
     # --- validation and the shared classify path --------------------------------------------------------------
     def _options(self, top_k: int, truncation: int) -> RequestOptions:
+        check_truncation_value(truncation)
         if truncation == pb.TRUNCATION_UNSPECIFIED:
             refuse = self.settings.truncation == "refuse"
         else:
@@ -254,7 +201,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             )
 
     def _check_text(self, text: str, where: str) -> None:
-        if not text.strip():
+        if is_blank(text):  # whitespace, or invisible characters only (U+200B, U+FEFF, Hangul fillers...)
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} is empty; send non-blank text.")
         if len(text) > self.settings.max_text_chars:
             raise RequestError(
@@ -290,15 +237,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
         assert self.batcher is not None
         remaining = context.time_remaining()
         deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
-        try:
-            return self.batcher.submit(encoded, deadline)
-        except QueueFullError:
-            raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"The server's queue is full ({self.settings.max_queue_size} texts waiting); retry with backoff.",
-            ) from None
-        except BatcherStoppedError:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "The server is shutting down; retry elsewhere.") from None
+        return self.batcher.submit(encoded, deadline)  # QueueFullError, BatcherStoppedError: see server/status.py
 
     async def _classify(
         self,
@@ -317,12 +256,6 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             for future in futures:  # gather cancels them too; be explicit: the batcher must drop these texts
                 future.cancel()  # type: ignore[attr-defined]
             raise
-        except DeadlinePassedError:
-            raise RequestError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "The deadline passed while the texts waited in the queue."
-            ) from None
-        except BatcherStoppedError:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "The server is shutting down; retry elsewhere.") from None
         return [emotion_result(o, e, tokenization_ns, options.top_k) for o, e in zip(outcomes, encoded, strict=True)]
 
     # --- RPCs ---------------------------------------------------------------------------------------------------
@@ -381,12 +314,14 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
 
         async def read() -> None:
             async for message in request_iterator:
+                _refuse_undecodable(message)  # no id to answer: the stream ends with INVALID_ARGUMENT
                 await slots.acquire()
                 job = asyncio.ensure_future(self._chat_one(message, context))
                 job.add_done_callback(lambda _: slots.release())
                 jobs.put_nowait(job)
 
         reader = asyncio.ensure_future(read())
+        getter: asyncio.Future[asyncio.Task[pb.ChatResult]] | None = None
         try:
             while True:
                 if not jobs.empty():
@@ -402,32 +337,71 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
                 else:
                     getter.cancel()
         finally:
-            reader.cancel()
+            # Cancel and wait for the reader, so no task of this call outlives it ("Task was destroyed but it is
+            # pending" at exit), and retrieve its outcome so asyncio does not log it as never retrieved.
+            for task in (reader, getter):
+                if task is not None:
+                    task.cancel()
+            await asyncio.wait({reader})
+            if not reader.cancelled():
+                reader.exception()
             while not jobs.empty():
                 jobs.get_nowait().cancel()
 
     async def _chat_one(self, message: pb.ChatMessage, context: grpc.aio.ServicerContext) -> pb.ChatResult:
         """The result of one chat message; a problem with it becomes an error result, never a failed stream."""
-        answer = pb.ChatResult(id=message.id, conversation_id=message.conversation_id)
-        where = f"message {message.id!r}"
+        answer = pb.ChatResult()
+        where = "the message"
         try:
+            check_chat_ids(message)  # before echoing them
+            answer.id, answer.conversation_id = message.id, message.conversation_id
+            where = f"message {message.id!r}"
             self._check_text(message.text, where)
             options = self._options(message.top_k, message.truncation)
             (result,) = await self._classify([message.text], options, context, lambda _: where)
             answer.result.CopyFrom(result)
-        except RequestError as exc:
-            answer.error.CopyFrom(pb.Error(code=exc.code.value[0], message=exc.message))
         except Exception as exc:  # e.g. the model call failed: this message fails, the conversation goes on
-            log.exception("chat message failed", extra={"message_id": message.id})
-            answer.error.CopyFrom(
-                pb.Error(
-                    code=grpc.StatusCode.INTERNAL.value[0],
-                    message=f"Internal error ({exc.__class__.__name__}); see server log.",
-                )
-            )
+            known = status_of(exc, max_queue_size=self.settings.max_queue_size)
+            if known is None:
+                log.exception("chat message failed", extra={"message_id": answer.id})
+            code, text = known or internal_error(exc)
+            answer.error.CopyFrom(pb.Error(code=code.value[0], message=text))
         return answer
 
     @_observed("GetModelInfo")
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         assert self.model_info is not None  # check_ready() passed
         return self.model_info
+
+
+def _tolerant(message_class: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that returns UndecodableRequest instead of raising (see server/status.py)."""
+    full_name = message_class.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:  # malformed wire format, or a string field that is not UTF-8
+            return UndecodableRequest(full_name)
+
+    return parse
+
+
+def add_to_server(servicer: EmotionClassifierServicer, server: grpc.aio.Server) -> None:
+    """What the generated add_EmotionClassifierServicer_to_server does, with deserializers that never raise."""
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {
+        method.name: factories[(method.client_streaming, method.server_streaming)](
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in pb.DESCRIPTOR.services_by_name["EmotionClassifier"].methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -25,7 +25,9 @@ class ServerSettings(BaseSettings):
     host: str = Field("[::]", description="Address to listen on.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one).")
     metrics_port: int = Field(9464, ge=-1, le=65535, description="Prometheus HTTP port (0: pick a free one, -1: off).")
-    metrics_host: str = Field("0.0.0.0", description="Address the metrics endpoint listens on.")
+    metrics_host: str | None = Field(
+        None, description="Address the metrics endpoint listens on (default: --host; it needs the token under auth)."
+    )
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one model call.")
     max_batch_tokens: int = Field(8192, ge=1, description="Most padded tokens (texts x longest) in one model call.")
@@ -39,7 +41,12 @@ class ServerSettings(BaseSettings):
     max_length: int | None = Field(None, ge=2, description="Max input tokens (default: the tokenizer's, <= 512).")
     truncation: TruncationPolicy = Field("truncate", description="Default for texts over the token limit.")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest gRPC message in or out.")
-    grace_s: float = Field(10.0, ge=0, description="Seconds in-flight calls get to finish on SIGTERM/SIGINT.")
+    grace_s: float = Field(10.0, ge=0, description="Seconds from SIGTERM/SIGINT to exit, the drain included.")
+    # Load balancers and Kubernetes readiness probes poll every few seconds: the drain gives them time to see
+    # NOT_SERVING and move traffic away while the server still answers.
+    drain_s: float = Field(
+        3.0, ge=0, description="Seconds of NOT_SERVING while still serving, before new calls are refused (<= grace)."
+    )
     intra_op_threads: int | None = Field(None, ge=1, description="Threads per model call (default: the runtime's).")
 
     tls_cert: Path | None = Field(None, description="PEM server certificate (with --tls-key: serve TLS).")
@@ -71,6 +78,10 @@ class ServerSettings(BaseSettings):
         if self.auth_token is not None and not (self.auth_token.isascii() and self.auth_token.isprintable()):
             raise ValueError("the auth token must be printable ASCII (it travels in an HTTP/2 header)")
         return self
+
+    @property
+    def metrics_address(self) -> str:
+        return self.host if self.metrics_host is None else self.metrics_host
 
     @property
     def tls_enabled(self) -> bool:

@@ -382,7 +382,8 @@ async def test_health_reflection_and_graceful_shutdown(make_server, gated, predi
         assert loaded.wait(30)
         return gated
 
-    settings = load_settings(model=Path("."), host="127.0.0.1", port=0, metrics_port=0, grace_s=30)
+    # No drain here: this test is about what follows it (test_server_hardening.py covers the drain itself).
+    settings = load_settings(model=Path("."), host="127.0.0.1", port=0, metrics_port=0, grace_s=30, drain_s=0)
     server = GamjeongServer(settings, predictor_factory=slow_load)
     await server.listen()
     loading = asyncio.ensure_future(server.load_model())

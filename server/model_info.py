@@ -1,0 +1,100 @@
+"""The GetModelInfo answer: what the predictor and the artifacts say about the served model.
+
+Anyone who may call the server reads it, so it carries names only: a base model recorded as a path of the training
+machine ("/home/alice/models/klue-bert") is reported by its last component ("klue-bert"). The quantisation is the
+predictor's, which reads it from the ONNX graph itself (gamjeong.onnx_runtime.graph_precision), not from the
+manifest's description: the manifest's checksums cover every file but the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
+from gamjeong.clients.v1 import emotion_pb2 as pb
+from gamjeong.labels import EMOTIONS
+from gamjeong.predictor import Predictor
+from gamjeong.server.settings import ServerSettings
+
+# A Hugging Face Hub id: "name" or "org/name", letters, digits and -_. only.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gamjeong")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def public_name(value: str) -> str:
+    """A hub id unchanged; anything else (a local path, POSIX or Windows) reduced to its last component."""
+    value = value.strip()
+    if _HUB_ID.match(value) and not value.startswith("."):
+        return value
+    name = PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
+    return name if _HUB_ID.match(name) and name not in (".", "..") else ""
+
+
+def _base_model(model_dir: Path) -> str:
+    """The pretrained model the served one was fine-tuned from, as recorded by `gamjeong train` (metrics.json), also
+    for an exported directory (via the trained directory its manifest names); "" when nothing says."""
+    manifest = _read_json(model_dir / MANIFEST_FILE)
+    source = manifest.get("source")
+    candidates = [model_dir]
+    if isinstance(source, dict) and isinstance(source.get("model_dir"), str):
+        candidates.append(Path(source["model_dir"]))
+    for directory in candidates:
+        metrics = _read_json(directory / METRICS_FILE)
+        training = metrics.get("training")
+        for record in (training if isinstance(training, dict) else {}, metrics, manifest):
+            value = record.get("base_model")
+            if isinstance(value, str) and public_name(value):
+                return public_name(value)
+    name_or_path = _read_json(model_dir / CONFIG_FILE).get("_name_or_path")
+    if isinstance(name_or_path, str) and name_or_path and not Path(name_or_path).is_absolute():
+        return public_name(name_or_path)
+    return ""
+
+
+def describe_model(model_dir: Path, predictor: Predictor, settings: ServerSettings) -> pb.ModelInfo:
+    """The GetModelInfo answer, from the predictor and whatever the artifacts say about the model."""
+    manifest = _read_json(model_dir / MANIFEST_FILE)
+    recorded_name = manifest.get("model_name")
+    model_name = public_name(recorded_name) if isinstance(recorded_name, str) else ""
+    precision = predictor.backend.split("-")[1] if "-" in predictor.backend else "fp32"
+    provider = getattr(predictor, "provider", None) or f"pytorch-{predictor.device}"
+    return pb.ModelInfo(
+        model_name=model_name or model_dir.resolve().name,
+        base_model=_base_model(model_dir),
+        labels=[pb.Label(id=e.id, name=e.name, name_ko=e.name_ko) for e in EMOTIONS],
+        quantization="none" if precision == "fp32" else precision,
+        backend=predictor.backend,
+        execution_provider=provider,
+        max_input_length=predictor.max_length,
+        limits=pb.Limits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.max_wait_ms,
+            max_texts_per_request=settings.max_texts_per_request,
+            max_stream_texts=settings.max_stream_texts,
+            max_queue_size=settings.max_queue_size,
+            max_text_chars=settings.max_text_chars,
+            default_truncation=pb.TRUNCATION_REFUSE if settings.truncation == "refuse" else pb.TRUNCATION_TRUNCATE,
+            max_message_bytes=settings.max_message_bytes,
+        ),
+        version=_version(),
+    )
