@@ -4,7 +4,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart test lint protos clean bench
+.PHONY: setup quickstart test lint protos clean bench node-deps
+NODE_CLIENT := clients/node
+NODE_DEPS := $(NODE_CLIENT)/node_modules/.package-lock.json
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,7 +32,17 @@ bench: setup
 	$(VENV)/bin/gamjeong bench model --iterations 15 --max-cell-seconds 15 --output docs/benchmarks/model
 	$(VENV)/bin/gamjeong bench server --output docs/benchmarks/server
 
-test: setup
+# The Node.js example client's packages, exactly as locked (tests/test_node_client.py runs the client). Where npm is
+# missing the test skips, and says so; CI installs node and npm first and makes that skip a failure.
+$(NODE_DEPS): $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund
+	touch $@
+
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(NODE_DEPS); \
+	else echo "npm not found: the Node client test (tests/test_node_client.py) will be skipped"; fi
+
+test: setup node-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
