@@ -107,6 +107,7 @@ def model_command(
 def server_command(
     target: str | None = typer.Option(None, help="HOST:PORT of a running server."),
     metrics: str | None = typer.Option(None, help="HOST:PORT of that server's metrics endpoint (batch sizes)."),
+    http: str | None = typer.Option(None, help="HOST:PORT of that server's --http-port (for --modes http)."),
     model: list[Path] = typer.Option(
         [],
         "--model",
@@ -115,7 +116,9 @@ def server_command(
     ),
     backend: str = typer.Option("auto", help="auto, pytorch or onnx: --backend of the started server and the raw run."),
     concurrencies: str | None = typer.Option(None, help="Comma-separated client counts [default: 1,16,64]."),
-    modes: str | None = typer.Option(None, help="Comma-separated: unary, stream, chat [default: all]."),
+    modes: str | None = typer.Option(
+        None, help="Comma-separated: unary, stream, chat, http (HTTP/JSON) [default: unary,stream,chat]."
+    ),
     duration: float | None = typer.Option(None, min=0.1, help="Timed seconds per mode and concurrency [default: 10]."),
     stream_texts: int = typer.Option(32, min=1, help="Texts per ClassifyStream call."),
     data: Path | None = typer.Option(None, help="Labelled data file whose texts are sent (default: built-in samples)."),
@@ -146,6 +149,7 @@ def server_command(
         config = ServerBenchConfig(
             target=target,
             metrics=metrics,
+            http=http,
             model=model,
             backend=backend,  # type: ignore[arg-type]
             stream_texts=stream_texts,

@@ -1,9 +1,11 @@
 """`gamjeong bench server`: the gRPC server end to end, against the raw predictor on the same texts.
 
 Closed-loop load: at concurrency C, C clients each send a request, wait for its answer and send the next, for a fixed
-time, over one channel. Three modes: `unary` (Classify, one short message per call), `stream` (ClassifyStream, a bulk
-list per call) and `chat` (ClassifyChat: each client keeps one bidirectional stream open and sends its next message
-when the previous reply has arrived). The server's `gamjeong_batch_size` histogram is read from its metrics endpoint
+time, over one channel. Three gRPC modes: `unary` (Classify, one short message per call), `stream` (ClassifyStream, a
+bulk list per call) and `chat` (ClassifyChat: each client keeps one bidirectional stream open and sends its next message
+when the previous reply has arrived); and `http` (POST /v1/classify on the same server's --http-port, one short
+message per call, one keep-alive HTTP/1.1 connection per client), to compare with `unary`: the HTTP transport's cost
+over gRPC's. The server's `gamjeong_batch_size` histogram is read from its metrics endpoint
 before and after each run, so the batches the dynamic batcher actually made are reported beside the latencies.
 
 Before the server is started (so the two do not compete for the CPU), the raw predictor from the same directory
@@ -35,8 +37,10 @@ from .environment import environment
 from .model_bench import default_cache_dir
 from .texts import load_texts
 
-Mode = Literal["unary", "stream", "chat"]
-MODES: tuple[str, ...] = ("unary", "stream", "chat")
+Mode = Literal["unary", "stream", "chat", "http"]
+MODES: tuple[str, ...] = ("unary", "stream", "chat", "http")
+# What runs when --modes is not given (docs/benchmarks.md's tables): the gRPC modes; `http` is asked for by name.
+DEFAULT_MODES: tuple[str, ...] = ("unary", "stream", "chat")
 HEALTH_SERVICE = "gamjeong.v1.EmotionClassifier"
 # A refused call (e.g. RESOURCE_EXHAUSTED from a full queue) is counted, and its client waits this long before the next
 # one, as a real client backs off: an instant retry loop would only burn the CPU the server needs.
@@ -48,10 +52,11 @@ class ServerBenchConfig(BaseModel):
 
     target: str | None = Field(None, description="HOST:PORT of a running server (else --model starts one).")
     metrics: str | None = Field(None, description="HOST:PORT of a running server's metrics endpoint.")
+    http: str | None = Field(None, description="HOST:PORT of a running server's --http-port (the http mode).")
     model: list[Path] = Field(default_factory=list, description="Model directories: servers to start, one at a time.")
     backend: Literal["auto", "pytorch", "onnx"] = "auto"
     concurrencies: list[int] = Field(default_factory=lambda: [1, 16, 64])
-    modes: list[str] = Field(default_factory=lambda: list(MODES))
+    modes: list[str] = Field(default_factory=lambda: list(DEFAULT_MODES))
     duration_s: float = Field(10.0, gt=0, description="Timed seconds per (mode, concurrency).")
     warmup_s: float = Field(1.0, ge=0)
     stream_texts: int = Field(32, ge=1, description="Texts per ClassifyStream call.")
@@ -187,8 +192,11 @@ def wait_until_serving(
 
 
 @contextlib.contextmanager
-def started_server(model_dir: Path, config: ServerBenchConfig, log: Path) -> Iterator[tuple[str, str]]:
-    """`gamjeong serve` in a subprocess on free ports; yields (target, metrics address); SIGTERM on exit."""
+def started_server(
+    model_dir: Path, config: ServerBenchConfig, log: Path, http_port: int | None = None
+) -> Iterator[tuple[str, str]]:
+    """`gamjeong serve` in a subprocess on free ports (and `--http-port http_port` if given); yields (target,
+    metrics address); SIGTERM on exit."""
     port, metrics_port = _free_port(), _free_port()
     command = [
         sys.executable, "-m", "gamjeong.cli", "serve", "--model", str(model_dir), "--backend", config.backend,
@@ -201,6 +209,8 @@ def started_server(model_dir: Path, config: ServerBenchConfig, log: Path) -> Ite
         command += ["--max-batch-size", str(config.max_batch_size)]
     if config.max_wait_ms is not None:
         command += ["--max-wait-ms", str(config.max_wait_ms)]
+    if http_port is not None:
+        command += ["--http-port", str(http_port)]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     target = f"127.0.0.1:{port}"
     with log.open("w", encoding="utf-8") as log_file:
@@ -298,6 +308,45 @@ async def _unary_client(client, texts: list[str], offset: int, stop_at: float, t
         tally.texts += 1
 
 
+async def _http_client(client, texts: list[str], offset: int, stop_at: float, tally: _Tally) -> None:
+    """`unary` over HTTP/JSON: one text per POST /v1/classify, the JSON parsed as a client would."""
+    import httpx
+
+    i = offset
+    while time.perf_counter() < stop_at:
+        text = texts[i % len(texts)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            response = await client.post("/v1/classify", json={"texts": [text]})
+        except httpx.HTTPError as exc:
+            tally.error(type(exc).__name__)
+            await asyncio.sleep(ERROR_BACKOFF_S)
+            continue
+        if response.status_code != 200:
+            tally.error(str(response.json().get("error", {}).get("code", response.status_code)))
+            await asyncio.sleep(ERROR_BACKOFF_S)
+            continue
+        response.json()
+        tally.latencies.append(time.perf_counter() - t0)
+        tally.texts += 1
+
+
+async def _run_http_load(http: str, concurrency: int, seconds: float, texts: list[str]) -> _Tally:
+    import httpx
+
+    tally = _Tally()
+    # One keep-alive connection per client (HTTP/1.1 has no multiplexing), as a pool of real clients would hold.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"http://{http}", limits=limits, timeout=600.0) as client:
+        stop_at = time.perf_counter() + seconds
+        offsets = [(k * 7919) % len(texts) for k in range(concurrency)]
+        started = time.perf_counter()
+        await asyncio.gather(*[_http_client(client, texts, o, stop_at, tally) for o in offsets])
+        tally.elapsed = time.perf_counter() - started  # type: ignore[attr-defined]
+    return tally
+
+
 async def _stream_client(client, texts: list[str], offset: int, stop_at: float, tally: _Tally, size: int) -> None:
     import grpc
 
@@ -357,10 +406,20 @@ async def _chat_client(client, texts: list[str], offset: int, stop_at: float, ta
 
 
 async def run_load(
-    target: str, mode: str, concurrency: int, seconds: float, texts: list[str], stream_texts: int
+    target: str,
+    mode: str,
+    concurrency: int,
+    seconds: float,
+    texts: list[str],
+    stream_texts: int,
+    http: str | None = None,
 ) -> _Tally:
     from gamjeong.clients import AsyncEmotionClient
 
+    if mode == "http":
+        if http is None:
+            raise GamjeongError("The http mode needs the server's HTTP address (--http HOST:PORT with --target).")
+        return await _run_http_load(http, concurrency, seconds, texts)
     tally = _Tally()
     # a generous deadline: at high concurrency a bulk stream waits behind many others on a 2-core CPU
     async with AsyncEmotionClient(target, timeout=600.0) as client:
@@ -379,7 +438,12 @@ async def run_load(
 
 
 def measure_server(
-    target: str, metrics: str | None, config: ServerBenchConfig, texts: list[str], progress: Callable[[str], None]
+    target: str,
+    metrics: str | None,
+    config: ServerBenchConfig,
+    texts: list[str],
+    progress: Callable[[str], None],
+    http: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from gamjeong.clients import EmotionClient
 
@@ -398,9 +462,11 @@ def measure_server(
         for concurrency in config.concurrencies:
             progress(f"{info.backend}: {mode} at concurrency {concurrency} for {config.duration_s:g} s")
             if config.warmup_s:
-                asyncio.run(run_load(target, mode, concurrency, config.warmup_s, texts, config.stream_texts))
+                asyncio.run(run_load(target, mode, concurrency, config.warmup_s, texts, config.stream_texts, http))
             before = scrape_batch_sizes(metrics)
-            tally = asyncio.run(run_load(target, mode, concurrency, config.duration_s, texts, config.stream_texts))
+            tally = asyncio.run(
+                run_load(target, mode, concurrency, config.duration_s, texts, config.stream_texts, http)
+            )
             after = scrape_batch_sizes(metrics)
             elapsed = tally.elapsed  # type: ignore[attr-defined]
             rows.append(
@@ -443,9 +509,31 @@ def _ratios(rows: list[dict[str, Any]], raw: dict[str, Any] | None) -> dict[str,
     return ratios
 
 
+def http_overhead(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """HTTP/JSON against gRPC unary on the same server, per concurrency both modes ran: p50 and p99 latency
+    differences (ms, positive: HTTP slower) and the throughput ratio."""
+    unary = {r["concurrency"]: r for r in rows if r["mode"] == "unary"}
+    http = {r["concurrency"]: r for r in rows if r["mode"] == "http"}
+    overhead: dict[str, Any] = {}
+    for concurrency in sorted(set(unary) & set(http)):
+        u, h = unary[concurrency], http[concurrency]
+        if not (u["p50_ms"] and h["p50_ms"] and u["texts_per_s"]):
+            continue
+        overhead[str(concurrency)] = {
+            "grpc_p50_ms": u["p50_ms"],
+            "http_p50_ms": h["p50_ms"],
+            "p50_overhead_ms": round(h["p50_ms"] - u["p50_ms"], 3),
+            "p99_overhead_ms": round(h["p99_ms"] - u["p99_ms"], 3),
+            "throughput_ratio": round(h["texts_per_s"] / u["texts_per_s"], 3),
+        }
+    return overhead or None
+
+
 def run_server_benchmark(
     config: ServerBenchConfig, *, progress: Callable[[str], None] = lambda m: None
 ) -> dict[str, Any]:
+    if config.target is not None and "http" in config.modes and config.http is None:
+        raise GamjeongError("The http mode with --target needs --http HOST:PORT (the server's --http-port).")
     if config.target is not None and len(config.model) > 1:
         raise GamjeongError(
             "With --target, give at most one --model (the directory that server serves, for the raw run)."
@@ -481,14 +569,18 @@ def run_server_benchmark(
             assert model_dir is not None
             progress(f"starting `gamjeong serve --model {model_dir}`")
             log = config.output / f"server-{model_dir.name}.log"
-            with started_server(model_dir, config, log) as (started_target, metrics):
-                server, server_rows = measure_server(started_target, metrics, config, texts, progress)
+            http_port = _free_port() if "http" in config.modes else None
+            with started_server(model_dir, config, log, http_port) as (started_target, metrics):
+                http = None if http_port is None else f"127.0.0.1:{http_port}"
+                server, server_rows = measure_server(started_target, metrics, config, texts, progress, http)
             server["started_by_benchmark"] = True
         else:
             wait_until_serving(target, config.startup_timeout_s)
-            server, server_rows = measure_server(target, config.metrics, config, texts, progress)
+            server, server_rows = measure_server(target, config.metrics, config, texts, progress, config.http)
             server["target"] = target
         server |= {"model_dir": str(model_dir) if model_dir else None, "raw": raw, "ratios": _ratios(server_rows, raw)}
+        if "http" in config.modes:
+            server["http_vs_grpc_unary"] = http_overhead(server_rows)
         if raw is None:
             server["raw_note"] = "no --model given for the target, so the raw predictor was not measured"
         servers.append(server)
@@ -509,7 +601,7 @@ def run_server_benchmark(
             f"{ERROR_BACKOFF_S:g} s after an error); all clients share one channel in one asyncio process on the same "
             "machine as the server",
             "latency": "unary: one text per call; stream: a whole ClassifyStream call of stream_texts texts; "
-            "chat: one message to its reply on an open ClassifyChat stream",
+            "chat: one message to its reply on an open ClassifyChat stream; http: one text per POST /v1/classify",
         },
         "environment": started_environment,
         "servers": servers,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,9 @@ from gamjeong.server.batcher import DynamicBatcher
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server, describe_model
 from gamjeong.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from gamjeong.server.http import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,8 @@ class GamjeongServer:
         self._server: grpc.aio.Server | None = None
         self._stopping = False
         self._hurry = asyncio.Event()  # a second signal: skip what is left of the drain and the grace period
+        self.http: HttpServer | None = None  # HTTP/JSON + WebSocket beside gRPC (--http-port), same servicer
+        self.http_port: int | None = None
 
     # --- start-up ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,6 +129,13 @@ class GamjeongServer:
                     f"Cannot serve metrics on port {settings.metrics_port} ({exc.strerror}); "
                     "choose another --metrics-port or -1 to turn metrics off."
                 ) from exc
+        if settings.http_port is not None:
+            try:
+                await self._start_http()
+            except GamjeongError:
+                await server.stop(0)
+                self.metrics.stop_http()
+                raise
         log.info(
             "listening",
             extra={
@@ -134,6 +147,13 @@ class GamjeongServer:
                 "metrics_port": self.metrics_port,
             },
         )
+
+    async def _start_http(self) -> None:
+        from gamjeong.server.http import HttpServer  # FastAPI and uvicorn are imported only when HTTP is on
+
+        self.http = HttpServer(self.settings, self.servicer, self.metrics, draining=lambda: self._stopping)
+        await self.http.start()
+        self.http_port = self.http.port
 
     async def load_model(self) -> None:
         loop = asyncio.get_running_loop()
@@ -198,8 +218,10 @@ class GamjeongServer:
         # What is left, less a margin for the steps after the listener is closed (measured: well under 0.1 s).
         remaining = 0.0 if self._hurry.is_set() else max(0.0, deadline - loop.time() - _STOP_MARGIN_S)
         log.info("refusing new calls", extra={"grace_left_s": round(remaining, 3)})
-        if self._server is not None:
-            await self._server.stop(remaining)  # the batcher keeps running: in-flight calls still need the model
+        stopping = [self._server.stop(remaining)] if self._server is not None else []
+        if self.http is not None:
+            stopping.append(self.http.stop(remaining))  # open HTTP requests and WebSockets get the same grace period
+        await asyncio.gather(*stopping)  # the batcher keeps running: in-flight calls still need the model
         if self.batcher is not None:
             await self.batcher.stop()
         self.metrics.stop_http()

@@ -23,6 +23,12 @@ def serve(
     port: int = typer.Option(None, help="gRPC port (default 50051; 0 picks a free one). [GAMJEONG_PORT]"),
     metrics_port: int = typer.Option(None, help="Prometheus port (default 9464; -1 off). [GAMJEONG_METRICS_PORT]"),
     metrics_host: str = typer.Option(None, help="Prometheus listen address (default: --host). [GAMJEONG_METRICS_HOST]"),
+    http_port: int = typer.Option(
+        None, help="HTTP/JSON + WebSocket + web page port (off unless given; 0 picks a free one). [GAMJEONG_HTTP_PORT]"
+    ),
+    cors_origin: str = typer.Option(
+        None, help="Comma-separated origins allowed to call the HTTP API from a browser (CORS; off by default)."
+    ),
     max_batch_size: int = typer.Option(None, help="Most texts per model call (default 32)."),
     max_batch_tokens: int = typer.Option(None, help="Most padded tokens per model call (default 8192)."),
     max_wait_ms: float = typer.Option(

@@ -28,6 +28,11 @@ class ServerSettings(BaseSettings):
     metrics_host: str | None = Field(
         None, description="Address the metrics endpoint listens on (default: --host; it needs the token under auth)."
     )
+    # HTTP/JSON + WebSocket + web page beside gRPC (gamjeong.server.http), on the same host, batcher, limits and auth.
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="HTTP/JSON and WebSocket port (0: free; unset: off)."
+    )
+    cors_origin: str | None = Field(None, description="Comma-separated origins allowed to call the HTTP API (CORS).")
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one model call.")
     max_batch_tokens: int = Field(8192, ge=1, description="Most padded tokens (texts x longest) in one model call.")
