@@ -36,12 +36,35 @@ def export_command(
         None, "--calibration-data", help="Texts (CSV/TSV/JSONL/XLSX with a text column) for static int8."
     ),
     calibration_samples: int = typer.Option(128, "--calibration-samples", help="At most this many calibration texts."),
-    per_channel: bool = typer.Option(False, "--per-channel", help="Per-channel int8 weights."),
+    per_channel: bool = typer.Option(
+        True, "--per-channel/--per-tensor", help="int8 weight scales per channel (default) or per tensor."
+    ),
     parity_data: Path = typer.Option(
         None, "--parity-data", help="Texts (and labels) for the parity gate; default: the model's validation split."
     ),
     parity_threshold: float = typer.Option(
-        None, "--parity-threshold", help="Minimum argmax agreement (default 0.995 fp32/fp16, 0.98 int8)."
+        None,
+        "--parity-threshold",
+        help="Minimum raw argmax agreement (default 0.995 for fp32/fp16; none for int8, judged on quality instead).",
+    ),
+    max_quality_drop: float = typer.Option(
+        1.0, "--max-quality-drop", help="int8: largest accuracy or macro-F1 drop below PyTorch, in points."
+    ),
+    confident_margin: float = typer.Option(
+        0.2, "--confident-margin", help="int8: PyTorch's top-two margin that makes a text confident."
+    ),
+    min_confident_agreement: float = typer.Option(
+        0.99, "--min-confident-agreement", help="int8: argmax agreement required on the confident texts."
+    ),
+    search: bool = typer.Option(
+        True,
+        "--search/--no-search",
+        help="int8: try per-channel, then keep the most sensitive layers in fp32 until the gate passes. "
+        "--no-search exports exactly the preset asked for.",
+    ),
+    max_candidates: int = typer.Option(5, "--max-candidates", help="int8 search: at most this many candidates."),
+    sensitivity_texts: int = typer.Option(
+        500, "--sensitivity-texts", help="int8 search: texts each per-layer sensitivity run is measured on."
     ),
     max_parity_texts: int = typer.Option(1000, "--max-parity-texts", help="At most this many parity texts."),
     force: bool = typer.Option(
@@ -64,6 +87,12 @@ def export_command(
         per_channel=per_channel,
         parity_data=parity_data,
         parity_threshold=parity_threshold,
+        max_quality_drop=max_quality_drop,
+        confident_margin=confident_margin,
+        min_confident_agreement=min_confident_agreement,
+        search=search,
+        max_candidates=max_candidates,
+        sensitivity_texts=sensitivity_texts,
         max_parity_texts=max_parity_texts,
         force=force,
         overwrite=overwrite,

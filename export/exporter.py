@@ -16,11 +16,9 @@ import errno
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -29,34 +27,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, PARITY_FILE, describe_files, file_sha256
+from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, PARITY_FILE, describe_files
 from gamjeong.errors import GamjeongError
-from gamjeong.export.targets import CPU_TARGETS, ResolvedTarget, Target, int8_quantization_config, resolve_target
+from gamjeong.export.describe import graph_description, library_versions, source_summary
+from gamjeong.export.gate import GateDecision, GateRule, GateSettings
+from gamjeong.export.targets import CPU_TARGETS, ResolvedTarget, Target, resolve_target
 from gamjeong.labels import LABEL_NAMES
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT_VERSION = 1
-DEFAULT_PARITY_THRESHOLDS = {"none": 0.995, "fp16": 0.995, "int8": 0.98}
+# Raw argmax agreement floors. fp32/fp16 compute the same maths as PyTorch: near-total agreement or a bug. int8 has
+# none by default: it is judged on quality and on the texts PyTorch is confident about (export/gate.py says why).
+DEFAULT_PARITY_THRESHOLDS: dict[str, float | None] = {"none": 0.995, "fp16": 0.995, "int8": None}
 # Kept with the model: Optimum's own record of the optimisation/quantisation settings (ORTModel reads it too).
 ORT_CONFIG_FILE = "ort_config.json"
-# Operators that only exist in a quantised graph (dynamic QOperator and static QDQ formats)
-INT8_OP_TYPES = frozenset(
-    {
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "QLinearMatMul",
-        "QLinearConv",
-        "QAttention",
-        "QEmbedLayerNormalization",
-        "QGemm",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-    }
-)
 
 
 class ExportConfig(BaseModel):
@@ -75,11 +60,25 @@ class ExportConfig(BaseModel):
     target: Target = Field("auto", description="Hardware the int8 settings are chosen for; auto inspects this one.")
     calibration_data: Path | None = Field(None, description="Texts for static int8 calibration (else dynamic).")
     calibration_samples: int = Field(128, ge=1, description="At most this many calibration texts (seeded sample).")
-    per_channel: bool = Field(False, description="Per-channel int8 weights (more accurate, slightly larger).")
+    per_channel: bool = Field(True, description="Per-channel int8 weights (as fast, far closer to fp32).")
     parity_data: Path | None = Field(None, description="Texts (and labels) for the parity gate.")
     parity_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="Minimum argmax agreement; default 0.995 for fp32/fp16, 0.98 for int8."
+        None, ge=0.0, le=1.0, description="Minimum raw argmax agreement; default 0.995 for fp32/fp16, none for int8."
     )
+    max_quality_drop: float = Field(
+        1.0, ge=0.0, le=100.0, description="int8: largest accuracy or macro-F1 drop below PyTorch, in points."
+    )
+    confident_margin: float = Field(
+        0.2, ge=0.0, le=1.0, description="int8: PyTorch top-two margin of a confident text."
+    )
+    min_confident_agreement: float = Field(
+        0.99, ge=0.0, le=1.0, description="int8: argmax agreement required on the confident texts."
+    )
+    search: bool = Field(
+        True, description="int8: try fallbacks (fp32 for the most sensitive layers) until the gate passes."
+    )
+    max_candidates: int = Field(5, ge=1, description="int8 search: at most this many candidates judged on all texts.")
+    sensitivity_texts: int = Field(500, ge=1, description="int8 search: texts of each sensitivity run.")
     max_parity_texts: int = Field(1000, ge=1, description="At most this many parity texts (seeded sample).")
     force: bool = Field(False, description="Publish even when the parity gate fails (the manifest says so).")
     overwrite: bool = Field(False, description="Replace an existing output directory.")
@@ -91,8 +90,16 @@ class ExportConfig(BaseModel):
             return self.quantize
         return "fp16" if target.name == "cuda" else "int8"
 
-    def threshold(self, mode: str) -> float:
-        return self.parity_threshold if self.parity_threshold is not None else DEFAULT_PARITY_THRESHOLDS[mode]
+    def gate_settings(self, mode: str) -> GateSettings:
+        """The gate's rule for this precision: quality and confident agreement for int8, agreement otherwise."""
+        floor = self.parity_threshold if self.parity_threshold is not None else DEFAULT_PARITY_THRESHOLDS[mode]
+        return GateSettings(
+            rule=GateRule.QUALITY if mode == "int8" else GateRule.AGREEMENT,
+            min_agreement=floor,
+            max_quality_drop=self.max_quality_drop / 100,
+            confident_margin=self.confident_margin,
+            min_confident_agreement=self.min_confident_agreement,
+        )
 
 
 Report = Callable[[str], None]
@@ -236,139 +243,6 @@ def _optimize(onnx_path: Path, work: Path, level: str, *, fp16: bool, for_gpu: b
     return out / f"{onnx_path.stem}_optimized.onnx", info
 
 
-def _calibration_dataset(quantizer, tokenizer, texts: list[str], max_length: int):
-    """Tokenised calibration texts as the `datasets.Dataset` ORTQuantizer.fit reads (one unpadded text per step)."""
-    from datasets import Dataset
-
-    encoded = dict(tokenizer(texts, truncation=True, max_length=max_length))
-    # XLM-R-style tokenizers return no token_type_ids, but a BERT-type graph (e5) still takes them: feed zeros, as
-    # OnnxPredictor does. Columns the graph does not take are dropped below.
-    encoded.setdefault("token_type_ids", [[0] * len(ids) for ids in encoded["input_ids"]])
-    return quantizer.clean_calibration_dataset(Dataset.from_dict(encoded))  # keeps only the model's inputs
-
-
-def _quantize_int8(
-    onnx_path: Path,
-    work: Path,
-    config: ExportConfig,
-    target: ResolvedTarget,
-    tokenizer,
-    max_length: int,
-) -> tuple[Path, dict[str, object]]:
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoCalibrationConfig
-
-    from gamjeong.export.parity import read_texts_file
-
-    is_static = config.calibration_data is not None
-    quantization_config = int8_quantization_config(target.name, is_static=is_static, per_channel=config.per_channel)
-    quantizer = ORTQuantizer.from_pretrained(onnx_path.parent, file_name=onnx_path.name)
-    calibration: dict[str, object] | None = None
-    ranges = None
-    if is_static:
-        import numpy as np
-
-        texts, _ = read_texts_file(Path(config.calibration_data))  # type: ignore[arg-type]
-        if len(texts) > config.calibration_samples:
-            rng = np.random.default_rng(config.seed)
-            texts = [texts[i] for i in sorted(rng.choice(len(texts), config.calibration_samples, replace=False))]
-        dataset = _calibration_dataset(quantizer, tokenizer, texts, max_length)
-        calibration_config = AutoCalibrationConfig.minmax(dataset)
-        ranges = quantizer.fit(
-            dataset,
-            calibration_config,
-            onnx_augmented_model_name=work / "augmented_model.onnx",
-            operators_to_quantize=quantization_config.operators_to_quantize,
-        )
-        calibration = {"method": "minmax", "texts": len(texts), "source": str(Path(config.calibration_data).resolve())}
-    out = work / "quantized"
-    try:
-        quantizer.quantize(quantization_config, save_dir=out, calibration_tensors_range=ranges)
-    except (ValueError, RuntimeError, NotImplementedError) as exc:
-        raise GamjeongError(f"Optimum could not quantise the ONNX model: {_first_line(exc)}") from exc
-    info: dict[str, object] = {
-        "mode": "int8",
-        "approach": "static" if is_static else "dynamic",
-        "format": quantization_config.format.name,
-        "per_channel": quantization_config.per_channel,
-        "reduce_range": quantization_config.reduce_range,
-        "weights_dtype": quantization_config.weights_dtype.name,
-        "activations_dtype": quantization_config.activations_dtype.name,
-        "weights_symmetric": quantization_config.weights_symmetric,
-        "activations_symmetric": quantization_config.activations_symmetric,
-        "operators": [str(getattr(op, "value", op)) for op in quantization_config.operators_to_quantize],
-        "preset": f"AutoQuantizationConfig.{target.name}",
-        "calibration": calibration,
-    }
-    return out / f"{onnx_path.stem}_quantized.onnx", info
-
-
-# --- describing the result ----------------------------------------------------------------------------------------
-def _graph_description(onnx_path: Path) -> dict[str, object]:
-    """Opset and input shapes of the exported graph; batch and sequence must be symbolic (dynamic) axes."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-    static = {name: dims for name, dims in inputs.items() if any(not isinstance(d, str) for d in dims)}
-    if static:
-        raise GamjeongError(
-            f"The exported graph has fixed input shapes {static}; it needs dynamic batch and sequence axes."
-        )
-    outputs = [o.name for o in model.graph.output]
-    op_types = Counter(node.op_type for node in model.graph.node)
-    int8_nodes = {op: n for op, n in sorted(op_types.items()) if op in INT8_OP_TYPES}
-    return {
-        "opset": opset,
-        "inputs": inputs,
-        "outputs": outputs,
-        "ir_version": model.ir_version,
-        "nodes": sum(op_types.values()),
-        "int8_nodes": int8_nodes,
-    }
-
-
-def _library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": sys.version.split()[0]}
-    for package in (
-        "gamjeong",
-        "torch",
-        "transformers",
-        "optimum",
-        "optimum-onnx",
-        "onnx",
-        "onnxruntime",
-        "onnxruntime-gpu",
-    ):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return versions
-
-
-def _source_summary(model_dir: Path, weights: Path) -> dict[str, object]:
-    from gamjeong.artifacts import METRICS_FILE
-
-    summary: dict[str, object] = {
-        "model_dir": str(model_dir),
-        "weights_file": weights.name,
-        "weights_sha256": file_sha256(weights),
-        "weights_size": weights.stat().st_size,
-    }
-    metrics_file = model_dir / METRICS_FILE
-    if metrics_file.is_file():
-        try:
-            metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-            summary["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            log.warning("ignoring unreadable %s", metrics_file)
-    return summary
-
-
 def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
@@ -429,11 +303,40 @@ def export_model(config: ExportConfig, report: Report | None = None) -> Path:
     parity = manifest["parity"]
     say(
         f"exported {output / ONNX_MODEL_FILE} ({manifest['files'][ONNX_MODEL_FILE]['size'] / 1e6:.1f} MB, "
-        f"{'fp32' if mode == 'none' else mode}); "
-        f"parity: argmax agreement {parity['argmax_agreement']:.4f} on {parity['texts']} texts, "
+        f"{'fp32' if mode == 'none' else mode}); parity on {parity['texts']} texts: argmax agreement "
+        f"{parity['argmax_agreement']:.4f}, on confident texts {parity['confident_agreement']:.4f}, "
         f"max |Δp| {parity['max_abs_prob_diff']:.4f}"
     )
     return output
+
+
+def _calibration(config: ExportConfig, onnx_path: Path, tokenizer, max_length: int):
+    """The seeded sample of --calibration-data texts, tokenised for static int8 (None without the option)."""
+    if config.calibration_data is None:
+        return None
+    import numpy as np
+
+    from gamjeong.export.parity import read_texts_file
+    from gamjeong.export.quantize import calibration_set
+
+    texts, _ = read_texts_file(Path(config.calibration_data))
+    if len(texts) > config.calibration_samples:
+        rng = np.random.default_rng(config.seed)
+        texts = [texts[i] for i in sorted(rng.choice(len(texts), config.calibration_samples, replace=False))]
+    source = str(Path(config.calibration_data).resolve())
+    return calibration_set(onnx_path, tokenizer, texts, max_length, source)
+
+
+def _gate_error(mode: str, decision: GateDecision, search: dict[str, object] | None) -> GamjeongError:
+    """One sentence: what failed, on which candidate, and what to do."""
+    figures = decision.figures
+    best = f" the best of {len(search['candidates'])} candidates, '{search['chosen']}'," if search else ""  # type: ignore[arg-type]
+    model = "int8 model" if mode == "int8" else f"ONNX {'fp32' if mode == 'none' else mode} model"
+    return GamjeongError(
+        f"Parity gate failed: on {figures['texts']} texts{best} the {model}'s {'; '.join(decision.reasons)} "
+        f"(raw agreement {figures['argmax_agreement']:.2%}); export with --quantize none (fp32) "
+        "or pass --force to publish it anyway."
+    )
 
 
 def _build(
@@ -447,7 +350,9 @@ def _build(
     scratch: Path,
     say: Report,
 ) -> dict:
-    from gamjeong.export.parity import compare_predictors, load_parity_texts
+    from gamjeong.export.gate import decide
+    from gamjeong.export.parity import load_parity_texts
+    from gamjeong.export.search import CandidateRunner, SearchSettings, search
     from gamjeong.onnx_runtime import create_session, cuda_available
     from gamjeong.predictor import OnnxPredictor, TorchPredictor
 
@@ -469,19 +374,53 @@ def _build(
         fp16_note = " with fp16 conversion" if mode == "fp16" else ""
         say(f"optimised at level {optimization['level']}{fp16_note} in {timings['optimize_s']:.1f} s")
 
+    # PyTorch runs once; every candidate is judged against these probabilities
+    start = time.perf_counter()
+    texts = load_parity_texts(config.parity_data, model_dir, max_texts=config.max_parity_texts, seed=config.seed)
     reference = TorchPredictor(model, tokenizer, device="auto")
-    quantization: dict[str, object] = {"mode": mode}
+    reference_probs = reference.predict_proba(texts.texts)
+    timings["reference_s"] = round(time.perf_counter() - start, 3)
+    gate = config.gate_settings(mode)
+    search_summary: dict[str, object] | None = None
     if mode == "int8":
         start = time.perf_counter()
-        onnx_path, quantization = _quantize_int8(onnx_path, work, config, target, tokenizer, reference.max_length)
-        timings["quantize_s"] = round(time.perf_counter() - start, 3)
-        say(f"quantised to {quantization['approach']} int8 ({quantization['preset']}) in {timings['quantize_s']:.1f} s")
-    elif mode == "fp16":
-        quantization = {"mode": "fp16", "approach": "float16 conversion (inputs and outputs kept fp32)"}
-        if not cuda_available():
-            say(
-                "warning: no CUDA GPU here, so the fp16 model's parity is checked on the CPU (slow, but the same numbers)"
-            )
+        runner = CandidateRunner(
+            onnx_path,
+            work,
+            target,
+            tokenizer,
+            texts,
+            reference_probs,
+            gate,
+            max_length=reference.max_length,
+            calibration=_calibration(config, onnx_path, tokenizer, reference.max_length),
+        )
+        settings = SearchSettings(
+            enabled=config.search,
+            max_candidates=config.max_candidates,
+            sensitivity_texts=config.sensitivity_texts,
+            seed=config.seed,
+        )
+        outcome = search(
+            runner, settings, per_channel=config.per_channel, static=config.calibration_data is not None, say=say
+        )
+        timings["quantize_and_search_s"] = round(time.perf_counter() - start, 3)
+        onnx_path, decision = outcome.chosen.path, outcome.chosen.decision
+        search_summary = outcome.summary()
+        quantization: dict[str, object] = {**outcome.chosen.info, "latency_ms_1x32": outcome.chosen.latency_ms}
+        say(f"int8 candidate '{outcome.chosen.spec.name}' chosen after {outcome.wall_s:.1f} s of search")
+    else:
+        quantization = {"mode": mode}
+        if mode == "fp16":
+            quantization["approach"] = "float16 conversion (inputs and outputs kept fp32)"
+            if not cuda_available():
+                say("warning: no CUDA GPU here, so the fp16 model's parity is checked on the CPU (slow, same numbers)")
+        start = time.perf_counter()
+        # checked where it will run: a CPU target on the CPU provider even when a GPU is present
+        session = create_session(onnx_path, provider="cuda" if target.name == "cuda" and cuda_available() else "cpu")
+        candidate = OnnxPredictor(session, tokenizer, precision="fp32" if mode == "none" else mode)
+        decision = decide(reference_probs, candidate.predict_proba(texts.texts), texts.labels, gate)
+        timings["parity_s"] = round(time.perf_counter() - start, 3)
 
     final = scratch / "final"
     final.mkdir()
@@ -490,34 +429,27 @@ def _build(
     tokenizer.save_pretrained(final)
     if (onnx_path.parent / ORT_CONFIG_FILE).is_file():
         shutil.copyfile(onnx_path.parent / ORT_CONFIG_FILE, final / ORT_CONFIG_FILE)
-    graph = _graph_description(final / ONNX_MODEL_FILE)
+    graph = graph_description(final / ONNX_MODEL_FILE)
     if mode == "int8" and not graph["int8_nodes"]:
         raise GamjeongError(
             "Quantisation left no int8 operators in the graph; try --quantize none or another --target."
         )
 
-    start = time.perf_counter()
-    texts = load_parity_texts(config.parity_data, model_dir, max_texts=config.max_parity_texts, seed=config.seed)
-    # checked where it will run: a CPU target on the CPU provider even when a GPU is present
-    session = create_session(
-        final / ONNX_MODEL_FILE, provider="cuda" if target.name == "cuda" and cuda_available() else "cpu"
-    )
-    candidate = OnnxPredictor(session, tokenizer, precision="fp32" if mode == "none" else mode)
-    parity = compare_predictors(reference, candidate, texts)
-    timings["parity_s"] = round(time.perf_counter() - start, 3)
-    threshold = config.threshold(mode)
-    agreement = float(parity["argmax_agreement"])  # type: ignore[arg-type]
-    passed = agreement >= threshold
-    parity.update({"threshold": threshold, "passed": passed})
-    if not passed and not config.force:
-        raise GamjeongError(
-            f"Parity gate failed: the ONNX {mode} model agrees with PyTorch on {agreement:.2%} of {parity['texts']} "
-            f"texts, below the {threshold:.2%} threshold (PyTorch's top-two margin on the disagreeing texts is at "
-            f"most {parity['max_reference_margin_of_disagreements']:.4f}); try --quantize none, --calibration-data, "
-            "--per-channel, or pass --force to publish it anyway."
-        )
-    if not passed:
-        say(f"warning: parity gate failed ({agreement:.2%} < {threshold:.2%}) but --force publishes the model anyway")
+    parity: dict[str, object] = {
+        "source": texts.source,
+        "reference_backend": reference.backend,
+        "candidate_backend": f"onnx-{'fp32' if mode == 'none' else mode}",
+        **decision.figures,
+        "threshold": gate.threshold(),
+        "passed": decision.passed,
+        "reasons": decision.reasons,
+    }
+    if search_summary is not None:
+        parity["search"] = search_summary
+    if not decision.passed and not config.force:
+        raise _gate_error(mode, decision, search_summary)
+    if not decision.passed:
+        say(f"warning: parity gate failed ({'; '.join(decision.reasons)}) but --force publishes the model anyway")
     write_json(final / PARITY_FILE, parity)
 
     manifest = {
@@ -525,17 +457,17 @@ def _build(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_file": ONNX_MODEL_FILE,
         "labels": list(LABEL_NAMES),
-        "source": _source_summary(model_dir, weights),
+        "source": source_summary(model_dir, weights),
         "task": "text-classification",
         **graph,
         "quantization": quantization,
         "optimization": optimization,
         "target": {"name": target.name, "requested": target.requested, "reason": target.reason},
         "max_length": reference.max_length,
-        "versions": _library_versions(),
+        "versions": library_versions(),
         "timings": timings,
         "parity": parity,
-        "forced": bool(config.force and not passed),
+        "forced": bool(config.force and not decision.passed),
         "files": describe_files(final),
     }
     write_json(final / MANIFEST_FILE, manifest)

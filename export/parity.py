@@ -7,7 +7,6 @@ sample set of Korean sentences (gamjeong.samples). The report goes to parity.jso
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,44 +83,17 @@ def load_parity_texts(parity_data: Path | None, model_dir: Path, *, max_texts: i
     return ParityTexts(texts, labels, source)
 
 
-def _quality(labels: Sequence[int], predicted: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
-    }
-
-
-def _max_margin(probs: np.ndarray, where: np.ndarray) -> float:
-    """Largest gap between the top two probabilities among the selected rows (0.0 when none is selected)."""
-    if not where.any():
-        return 0.0
-    top_two = np.sort(probs[where], axis=1)[:, -2:]
-    return float((top_two[:, 1] - top_two[:, 0]).max())
-
-
 def compare_predictors(
     reference: Predictor, candidate: Predictor, texts: ParityTexts, *, batch_size: int = 32
 ) -> dict[str, object]:
-    """Probability differences and argmax agreement of two predictors, plus the quality of each when labels exist."""
+    """Probability differences and agreements of two predictors, plus the quality of each when labels exist."""
+    from gamjeong.export.gate import parity_figures
+
     reference_probs = reference.predict_proba(texts.texts, batch_size=batch_size)
     candidate_probs = candidate.predict_proba(texts.texts, batch_size=batch_size)
-    diff = np.abs(reference_probs - candidate_probs)
-    reference_pred, candidate_pred = reference_probs.argmax(axis=1), candidate_probs.argmax(axis=1)
-    report: dict[str, object] = {
-        "texts": len(texts.texts),
+    return {
         "source": texts.source,
         "reference_backend": reference.backend,
         "candidate_backend": candidate.backend,
-        "max_abs_prob_diff": float(diff.max()),
-        "mean_abs_prob_diff": float(diff.mean()),
-        "argmax_agreement": float((reference_pred == candidate_pred).mean()),
-        "disagreements": int((reference_pred != candidate_pred).sum()),
-        # how close to a tie PyTorch was where the two disagree: flips of near-ties are rounding, not damage
-        "max_reference_margin_of_disagreements": _max_margin(reference_probs, reference_pred != candidate_pred),
+        **parity_figures(reference_probs, candidate_probs, texts.labels),
     }
-    if texts.labels is not None:
-        report["reference"] = _quality(texts.labels, reference_pred)
-        report["candidate"] = _quality(texts.labels, candidate_pred)
-    return report

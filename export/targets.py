@@ -76,8 +76,13 @@ def resolve_target(requested: str, *, quantize: str | None) -> ResolvedTarget:
     return detect_target()
 
 
-def int8_quantization_config(target: str, *, is_static: bool, per_channel: bool):
-    """Optimum's AutoQuantizationConfig preset for a CPU target (u8 activations; s8 or u8 weights per target)."""
+def int8_quantization_config(
+    target: str, *, is_static: bool, per_channel: bool, nodes_to_exclude: list[str] | None = None
+):
+    """Optimum's AutoQuantizationConfig preset for a CPU target (u8 activations; s8 or u8 weights per target).
+
+    `nodes_to_exclude` keeps those nodes in fp32 (the accuracy search's fallbacks).
+    """
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     presets = {
@@ -94,4 +99,9 @@ def int8_quantization_config(target: str, *, is_static: bool, per_channel: bool)
     # (EmbedLayerNormalization, SkipLayerNormalization: "Unable to get valid quantization scale"); the weight-heavy
     # MatMul and embedding Gather carry nearly all of the size and time, so static mode quantises those.
     operators = list(STATIC_OPERATORS) if is_static else None
-    return presets[target](is_static=is_static, per_channel=per_channel, operators_to_quantize=operators)
+    return presets[target](
+        is_static=is_static,
+        per_channel=per_channel,
+        operators_to_quantize=operators,
+        nodes_to_exclude=nodes_to_exclude or None,
+    )

@@ -120,6 +120,8 @@ def test_parity_report_on_the_validation_split(request, fixture: str) -> None:
     assert parity["reference_backend"] == "pytorch-fp32"
     assert set(parity["reference"]) == set(parity["candidate"]) == {"accuracy", "macro_f1"}
     assert parity["disagreements"] == 0 and parity["max_reference_margin_of_disagreements"] == 0.0
+    assert parity["rule"] == ("agreement" if fixture == "fp32_dir" else "quality") and parity["reasons"] == []
+    assert parity["near_ties"] + parity["confident_texts"] == parity["texts"]
     assert _manifest(path)["parity"]["argmax_agreement"] == parity["argmax_agreement"]
 
 
@@ -189,14 +191,17 @@ def test_static_int8_with_calibration_data_after_o2_optimisation(trained_dir: Pa
         target="avx2",
         calibration_data=calibration,
         calibration_samples=10,
-        parity_data=calibration,  # unlabelled: agreement only
-        parity_threshold=0.0,  # a random tiny model says nothing about static int8 accuracy; the gate is tested below
+        parity_data=calibration,  # unlabelled: agreement on confident texts only (a random model has none)
     )
     manifest = _manifest(path)
     assert manifest["optimization"]["level"] == "O2"
     assert manifest["quantization"]["approach"] == "static"
     assert manifest["quantization"]["calibration"]["texts"] == 10
     assert manifest["parity"]["texts"] == len(TEXTS) and "reference" not in manifest["parity"]
+    # static is the fastest expected candidate, so the search judged it first and kept it when it passed
+    search = manifest["parity"]["search"]
+    assert [c["approach"] for c in search["candidates"]] == ["static"] and search["chosen"] == "static per-channel"
+    assert any("SmoothQuant" in note for note in search["notes"])
     assert manifest["target"] == {"name": "avx2", "requested": "avx2", "reason": "requested with --target"}
     verify_manifest(path)
 
@@ -221,8 +226,8 @@ def test_static_int8_of_a_bert_graph_whose_tokenizer_gives_no_token_type_ids(tin
     calibration = tmp_path / "calibration.csv"
     pd.DataFrame({"text": TEXTS}).to_csv(calibration, index=False)
     path = _export(
-        source, tmp_path / "static", calibration_data=calibration, calibration_samples=8, parity_threshold=0.0
-    )
+        source, tmp_path / "static", calibration_data=calibration, calibration_samples=8, search=False, force=True
+    )  # a random model says nothing about static int8 accuracy: export exactly the preset, whatever the gate says
     assert _manifest(path)["quantization"]["approach"] == "static"
 
 
@@ -266,22 +271,23 @@ def test_create_session_refuses_a_corrupt_onnx_file(int8_dir: Path, tmp_path: Pa
 
 # --- the parity gate ----------------------------------------------------------------------------------------------
 def _disagreeing_parity(monkeypatch) -> None:
-    """Make the ONNX side disagree with PyTorch on half the texts (a tiny random model never does on its own)."""
-    from gamjeong.export import parity
+    """Make every ONNX answer differ from PyTorch's (a tiny random model never disagrees on its own)."""
+    from gamjeong.predictor import OnnxPredictor
 
-    real = parity.compare_predictors
+    real = OnnxPredictor.predict_proba
 
-    def half_agreement(reference, candidate, texts, **kwargs):
-        return {**real(reference, candidate, texts, **kwargs), "argmax_agreement": 0.5}
+    def shifted(self, texts, batch_size=32):
+        return np.roll(real(self, texts, batch_size), 1, axis=1)
 
-    monkeypatch.setattr(parity, "compare_predictors", half_agreement)
+    monkeypatch.setattr(OnnxPredictor, "predict_proba", shifted)
 
 
 def test_parity_gate_failure_exits_non_zero_and_leaves_nothing(trained_dir: Path, tmp_path: Path, monkeypatch) -> None:
     _disagreeing_parity(monkeypatch)
     output = tmp_path / "out"
-    result = _run_cli("--model", str(trained_dir), "--output", str(output))
-    assert result.exit_code != 0
+    # every text counts as confident: the random model's near-uniform probabilities have no 0.2 margins
+    result = _run_cli("--model", str(trained_dir), "--output", str(output), "--confident-margin", "0", "--no-search")
+    assert result.exit_code == 2
     assert "Parity gate failed" in _error_line(result) and "--force" in _error_line(result)
     assert list(tmp_path.iterdir()) == []
 
