@@ -210,6 +210,8 @@ class GamjeongServer:
         grace = self.settings.grace_s if grace_s is None else grace_s
         deadline = loop.time() + grace
         drain = min(self.settings.drain_s if drain_s is None else drain_s, grace)
+        if self.batcher is None:
+            drain = 0.0  # never SERVING: no load balancer sends traffic here, so there is nothing to move away
         log.info("shutting down", extra={"grace_s": grace, "drain_s": drain})
         await self.health.enter_graceful_shutdown()  # NOT_SERVING for "" and every service, for good
         if drain > 0:

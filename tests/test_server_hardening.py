@@ -242,6 +242,16 @@ async def test_shutdown_reports_not_serving_while_still_answering_then_stops(mak
     assert code == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_a_server_that_never_served_skips_the_drain(tiny_int8_dir: Path) -> None:
+    settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, drain_s=5, grace_s=10)
+    server = GamjeongServer(settings, predictor_factory=lambda: None)  # type: ignore[arg-type,return-value]
+    await server.listen()  # SIGTERM while the model is still loading: health has never said SERVING
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await server.stop()
+    assert loop.time() - started < 2
+
+
 # --- 8: logs and tasks ---------------------------------------------------------------------------------------------
 async def test_a_chat_cut_by_shutdown_leaves_no_task_behind(make_server, caplog) -> None:
     import gc
