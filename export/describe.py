@@ -10,26 +10,9 @@ from pathlib import Path
 
 from gamjeong.artifacts import file_sha256
 from gamjeong.errors import GamjeongError
+from gamjeong.onnx_runtime import INT8_OP_TYPES  # one set: the server reads the quantisation from the graph with it
 
 log = logging.getLogger(__name__)
-
-# Operators that only exist in a quantised graph (dynamic QOperator and static QDQ formats)
-INT8_OP_TYPES = frozenset(
-    {
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "QLinearMatMul",
-        "QLinearConv",
-        "QAttention",
-        "QEmbedLayerNormalization",
-        "QGemm",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-    }
-)
 
 
 def graph_description(onnx_path: Path) -> dict[str, object]:
