@@ -2,10 +2,10 @@
 
 1. export   `optimum.exporters.onnx.main_export` (task text-classification, dynamic batch and sequence axes)
 2. optimise `ORTOptimizer` + `AutoOptimizationConfig` O1..O4 (optional; fp16 is Optimum's fp16 conversion)
-3. quantise `ORTQuantizer` + `AutoQuantizationConfig.<target>`: dynamic int8, or static int8 calibrated with
-            `AutoCalibrationConfig.minmax` on `--calibration-data`
-4. parity   PyTorch vs ONNX through gamjeong.predictor on the same texts; below the threshold the export fails
-            unless `force`
+3. quantise `ORTQuantizer` + `AutoQuantizationConfig.<target>` (export/quantize.py), candidates searched in order
+            of expected speed until one passes the gate (export/search.py)
+4. parity   PyTorch (run once) vs ONNX through gamjeong.predictor on the same texts, judged by export/gate.py; a
+            failed gate stops the export unless `force`
 5. publish  model.onnx, tokenizer, config.json, parity.json and manifest.json are written to a temporary directory
             next to the output and renamed into place at the very end, so a failure leaves no half-written output.
 """
@@ -397,6 +397,8 @@ def _build(
         )
         settings = SearchSettings(
             enabled=config.search,
+            # --force publishes a failing export anyway: minutes of fp32 fallbacks would buy nothing it asked for
+            fallbacks=not config.force,
             max_candidates=config.max_candidates,
             sensitivity_texts=config.sensitivity_texts,
             seed=config.seed,

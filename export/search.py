@@ -40,6 +40,9 @@ class SearchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(True, description="False: judge exactly the preset asked for, nothing else.")
+    fallbacks: bool = Field(
+        True, description="False: presets only, no sensitivity pass (--force publishes whatever the gate says)."
+    )
     max_candidates: int = Field(5, ge=1, description="Candidates judged by the gate on all parity texts.")
     sensitivity_texts: int = Field(500, ge=1, description="Texts each sensitivity run is measured on.")
     latency_runs: int = Field(20, ge=1, description="Timed runs of the 1x32 latency measurement.")
@@ -270,7 +273,9 @@ def search(
     sensitivity = None
     passed = [c for c in evaluated if c.decision.passed]
     base = next((c for c in evaluated if c.spec.approach is Approach.DYNAMIC and c.spec.per_channel), None)
-    if settings.enabled and not passed and base is not None and len(evaluated) < settings.max_candidates:
+    if settings.enabled and not passed and not settings.fallbacks:
+        notes.append("no fp32 fallbacks tried: --force publishes the best preset whatever the gate says")
+    elif settings.enabled and not passed and base is not None and len(evaluated) < settings.max_candidates:
         sensitivity, groups, reusable = _sensitivity(runner, base, settings, say)
         ranked = [str(row["group"]) for row in sensitivity]
         for k in range(1, len(ranked) + 1):

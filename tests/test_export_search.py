@@ -145,8 +145,11 @@ def test_an_exhausted_budget_names_the_best_candidate_and_force_publishes_it(
     args = ["--model", str(plain_dir), "--max-candidates", "1", *STRICT]
     result = _cli(*args, "--output", str(tmp_path / "failed"))
     assert result.exit_code == 2 and "best of 1 candidates, 'dynamic per-channel'" in result.output
-    result = _cli(*args, "--output", str(tmp_path / "forced"), "--force")
+    # --force publishes whatever the gate says, so it spends no time on fp32 fallbacks
+    result = _cli("--model", str(plain_dir), *STRICT, "--output", str(tmp_path / "forced"), "--force")
     assert result.exit_code == 0, result.output
     manifest = _manifest(tmp_path / "forced")
     assert manifest["forced"] is True and manifest["parity"]["passed"] is False
     assert manifest["parity"]["reasons"] and manifest["quantization"]["candidate"] == "dynamic per-channel"
+    search = manifest["parity"]["search"]
+    assert len(search["candidates"]) == 1 and search["sensitivity"] is None and "--force" in search["notes"][0]
