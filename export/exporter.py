@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, PARITY_FILE, describe_files
-from gamjeong.errors import GamjeongError
+from gamjeong.errors import GamjeongError, QualityGateError
 from gamjeong.export.describe import graph_description, library_versions, source_summary
 from gamjeong.export.gate import GateDecision, GateRule, GateSettings
 from gamjeong.export.targets import CPU_TARGETS, ResolvedTarget, Target, resolve_target
@@ -327,12 +327,12 @@ def _calibration(config: ExportConfig, onnx_path: Path, tokenizer, max_length: i
     return calibration_set(onnx_path, tokenizer, texts, max_length, source)
 
 
-def _gate_error(mode: str, decision: GateDecision, search: dict[str, object] | None) -> GamjeongError:
+def _gate_error(mode: str, decision: GateDecision, search: dict[str, object] | None) -> QualityGateError:
     """One sentence: what failed, on which candidate, and what to do."""
     figures = decision.figures
     best = f" the best of {len(search['candidates'])} candidates, '{search['chosen']}'," if search else ""  # type: ignore[arg-type]
     model = "int8 model" if mode == "int8" else f"ONNX {'fp32' if mode == 'none' else mode} model"
-    return GamjeongError(
+    return QualityGateError(
         f"Parity gate failed: on {figures['texts']} texts{best} the {model}'s {'; '.join(decision.reasons)} "
         f"(raw agreement {figures['argmax_agreement']:.2%}); export with --quantize none (fp32) "
         "or pass --force to publish it anyway."

@@ -127,6 +127,15 @@ def test_no_search_judges_exactly_the_preset_and_fails_in_one_sentence(
     assert "Parity gate failed" in lines[0] and "'dynamic per-channel'" in lines[0]
     assert "--quantize none" in lines[0] and "--force" in lines[0]
     assert list(tmp_path.iterdir()) == []
+    # callers (quickstart) tell a failed gate from other errors by its type, and fall back to fp32 on it
+    from gamjeong.errors import QualityGateError
+    from gamjeong.export.exporter import ExportConfig, export_model
+
+    config = ExportConfig(
+        model=plain_dir, output=tmp_path / "api", search=False, confident_margin=0.0, min_confident_agreement=0.95
+    )
+    with pytest.raises(QualityGateError, match="Parity gate failed"):
+        export_model(config)
 
 
 def test_no_search_per_tensor_is_published_as_asked(plain_dir: Path, tmp_path: Path) -> None:

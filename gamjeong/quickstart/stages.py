@@ -57,7 +57,7 @@ def train_model(
             ui.say(build_random_base(config, budget, data_dir, out / BASE_MODEL_DIR))
         base_name = str(out / BASE_MODEL_DIR)
     time_budget = config.time_budget_minutes if budget.timed else None
-    length = f"{time_budget:g} minutes" if time_budget else f"{budget.epochs:g} epochs"
+    length = f"{time_budget:g} min" if time_budget else f"{budget.epochs:g} epochs"
     if budget.max_steps is not None:
         length = f"{budget.max_steps} steps"
     ui.say(
@@ -88,10 +88,14 @@ def train_model(
     training = metrics.get("training", {})
     plan = training.get("time_budget") or {}
     if plan:
+        planned = (
+            f"{plan['seconds_per_step']:.2f} s per step, {plan['planned_steps']} planned"
+            if plan.get("planned_steps")
+            else "the budget ran out before the step time was measured"
+        )
         ui.say(
-            f"{training.get('global_step')} steps in {training.get('train_runtime_s', 0):.0f} s "
-            f"({plan.get('seconds_per_step') or 0:.2f} s per step, {plan.get('planned_steps')} planned for the "
-            f"{plan.get('budget_s', 0) / 60:g}-minute budget), best checkpoint {training.get('best_checkpoint')}"
+            f"{training.get('global_step')} steps in {training.get('train_runtime_s', 0):.0f} s ({planned}; "
+            f"stopped by {plan.get('stopped_by')}), best checkpoint {training.get('best_checkpoint')}"
         )
     ui.say(
         f"PyTorch on the test split: accuracy {metrics.get('accuracy', float('nan')):.3f}, "
