@@ -5,7 +5,8 @@ Like Intel Neural Compressor's accuracy-driven tuning, but built on Optimum/ONNX
 1. the preset asked for: static int8 first when calibration texts are given (no run-time activation quantisation,
    so the fastest), then dynamic int8 per-channel (the default; as fast as per-tensor and far closer to fp32);
 2. if none passes, a sensitivity pass: per-channel int8 with one node group (the embeddings, one encoder layer, ...)
-   left in fp32 at a time, on at most `sensitivity_texts` texts, ranked by how much leaving it out helps;
+   left in fp32 at a time, on at most `sensitivity_texts` texts, ranked by the damage that remains (the summed
+   PyTorch margin of the answers that still change);
 3. fallbacks: per-channel int8 with the 1, 2, 3, ... most sensitive groups kept in fp32 (`nodes_to_exclude`), until
    one passes or `max_candidates` candidates have been judged.
 The first passing candidate is the fastest expected one and is kept. Its latency at 1x32 (and the fp32 graph's) is
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from gamjeong.export.gate import GateDecision, GateSettings, decide, parity_figures
+from gamjeong.export.gate import GateDecision, GateSettings, decide, parity_figures, top_two_margin
 from gamjeong.export.parity import ParityTexts
 from gamjeong.export.quantize import Approach, Calibration, CandidateSpec, quantize_candidate, weight_groups
 from gamjeong.export.targets import ResolvedTarget
@@ -224,7 +225,9 @@ def _sensitivity(
         path, info, quantize_s = runner.quantize(spec)
         start = time.perf_counter()
         probs = runner.predictor(path).predict_proba(texts)
-        figures = parity_figures(runner.reference[subset], probs, None, confident_margin=runner.gate.confident_margin)
+        reference = runner.reference[subset]
+        figures = parity_figures(reference, probs, None, confident_margin=runner.gate.confident_margin)
+        flipped = reference.argmax(axis=1) != probs.argmax(axis=1)
         rows.append(
             {
                 "group": name,
@@ -233,14 +236,19 @@ def _sensitivity(
                 "disagreements": figures["disagreements"],
                 "confident_agreement": figures["confident_agreement"],
                 "mean_abs_prob_diff": figures["mean_abs_prob_diff"],
+                "flip_damage": round(float(top_two_margin(reference)[flipped].sum()), 4),
                 "seconds": round(quantize_s + time.perf_counter() - start, 1),
             }
         )
         quantized[name] = (path, info, quantize_s)
-        say(f"  {name:>12}: agreement {figures['argmax_agreement']:.2%}, mean |Δp| {figures['mean_abs_prob_diff']:.4f}")
-    # the smallest difference left when the group is in fp32 = the group whose rounding did the most damage. The mean
-    # |Δp| is continuous; counts of flipped answers on a few hundred texts are mostly near-tie noise.
-    rows.sort(key=lambda r: (r["mean_abs_prob_diff"], r["disagreements"]))
+        say(
+            f"  {name:>12} in fp32: agreement {figures['argmax_agreement']:.2%}, flip damage {rows[-1]['flip_damage']:.3f}, "
+            f"mean |Δp| {figures['mean_abs_prob_diff']:.4f}"
+        )
+    # the least damage left when the group is in fp32 = the group whose rounding did the most damage. Damage is the
+    # summed PyTorch margin of the answers that changed: a flipped near-tie costs ~0 (it is rounding noise and the
+    # gate ignores it), a flipped confident answer costs a lot; mean |Δp| breaks ties.
+    rows.sort(key=lambda r: (r["flip_damage"], r["disagreements"], r["mean_abs_prob_diff"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     # the top group's file is the first fallback when the sensitivity texts are all the texts; drop the rest
