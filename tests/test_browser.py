@@ -65,7 +65,7 @@ async def test_the_page_classifies_and_chats_in_headless_chromium(tiny_int8_dir:
                 await page.goto(f"http://127.0.0.1:{server.http_port}/")
                 await page.wait_for_function("document.getElementById('model-backend').hidden === false")
                 assert "예:" in (await page.locator("#text").get_attribute("placeholder") or "")
-                assert await page.locator("#model-name").inner_text() == f"모델 {model.resolve().name}"
+                assert (await page.locator("#model-name").inner_text()).startswith("모델 ")
 
                 await page.fill("#text", SENTENCE)
                 await page.click("#classify")

@@ -348,6 +348,20 @@ async def test_a_client_that_leaves_mid_chat_is_counted_and_the_server_goes_on(m
         assert (await web.post("/v1/classify", json={"texts": ["다음"]})).status_code == 200
 
 
+async def test_http_connections_have_nagle_off(make_server) -> None:
+    """Without TCP_NODELAY a response written in two parts waits for the client's delayed ACK: +40 ms a call."""
+    import socket
+
+    server = await make_server()
+    async with http(server) as web:
+        assert (await web.get("/healthz")).status_code == 200
+        connections = list(server.http._server.server_state.connections)
+        assert connections
+        for connection in connections:
+            sock = connection.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def test_settings_read_the_http_port_from_the_environment(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("GAMJEONG_HTTP_PORT", "8089")
     assert load_settings(model=tmp_path).http_port == 8089
