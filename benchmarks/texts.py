@@ -37,7 +37,7 @@ def load_texts(data_file: Path | None = None, *, limit: int = 5000) -> TextSourc
 
 def _read_text_column(path: Path) -> list[str]:
     """The texts of a labelled data file (any layout `gamjeong train` reads: CSV, TSV, JSONL, XLSX...)."""
-    from gamjeong.training.data import read_labelled_file
+    from gamjeong.datafiles import read_labelled_file
 
     return read_labelled_file(path)["text"].astype(str).tolist()
 

@@ -29,7 +29,7 @@ class ParityTexts:
 
 def read_texts_file(path: Path) -> tuple[list[str], list[int] | None]:
     """Texts and labels of a data file (any format `gamjeong train` reads); texts only when it has no label column."""
-    from gamjeong.training.data import TEXT_COLUMN_NAMES, read_labelled_file
+    from gamjeong.datafiles import TEXT_COLUMN_NAMES, read_labelled_file
 
     try:
         frame = read_labelled_file(path)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from gamjeong.datafiles import FileReport
 from gamjeong.errors import GamjeongError
 from gamjeong.labels import EMOTIONS
 from gamjeong.modeling import DEFAULT_BASE_MODEL
-from gamjeong.training.data import FileReport
 
 log = logging.getLogger(__name__)
 

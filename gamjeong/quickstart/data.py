@@ -92,8 +92,8 @@ def prepare_data(config: QuickstartConfig, budget: TrainingBudget, out: Path, ui
     """Pick the sources, cap them to the budget, write out/data/{train,validation,test}.csv and the held-out sets."""
     import pandas as pd
 
+    from gamjeong.datafiles import write_split_csv
     from gamjeong.labels import LABEL_NAMES
-    from gamjeong.training.data import write_split_csv
 
     sources = _sources(config, ui)
     limits = {"train": budget.max_train_rows, "validation": budget.max_eval_rows, "test": budget.max_test_rows}

@@ -166,8 +166,8 @@ def export_stage(model_dir: Path, out: Path, untrained: bool, ui: StageDisplay) 
 # --- stage 4: quality -------------------------------------------------------------------------------------------------
 def quality_stage(export_dir: Path, heldout: dict[str, str], untrained: bool, ui: StageDisplay) -> dict[str, Any]:
     """The served (exported) model on each held-out test set: accuracy, macro-F1 and per-class F1."""
+    from gamjeong.datafiles import read_labelled_file
     from gamjeong.predictor import load_predictor
-    from gamjeong.training.data import read_labelled_file
     from gamjeong.training.evaluation import evaluate_predictor
 
     predictor = load_predictor(export_dir, device="cpu")
