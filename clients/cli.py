@@ -70,8 +70,8 @@ def classify_on_server(server: str, texts: Sequence[str], *, token: str | None =
 
     import grpc
 
+    from gamjeong.classification import Classification
     from gamjeong.labels import LABEL_NAMES
-    from gamjeong.training.classify import Classification
 
     options = ConnectionOptions(server=server, token=token or os.environ.get("GAMJEONG_AUTH_TOKEN") or None)
     with options.client() as client:

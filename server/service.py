@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError
 
+from gamjeong.classification import ranked_ids
 from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.labels import EMOTIONS, NUM_LABELS
@@ -67,10 +67,10 @@ class RequestOptions:
 
 def emotion_result(outcome: TextOutcome, encoded: EncodedText, tokenization_ns: int, top_k: int) -> pb.EmotionResult:
     probabilities = outcome.probabilities
-    ranked = np.argsort(-probabilities, kind="stable")
+    ranked = ranked_ids(probabilities)  # the order `gamjeong classify` picks its label by
     if 0 < top_k < NUM_LABELS:
         ranked = ranked[:top_k]
-    best = EMOTIONS[int(ranked[0])]
+    best = EMOTIONS[ranked[0]]
     return pb.EmotionResult(
         label_id=best.id,
         label=best.name,
@@ -83,7 +83,7 @@ def emotion_result(outcome: TextOutcome, encoded: EncodedText, tokenization_ns: 
                 label_ko=EMOTIONS[i].name_ko,
                 score=float(probabilities[i]),
             )
-            for i in (int(j) for j in ranked)
+            for i in ranked
         ],
         truncated=encoded.truncated,
         timing=pb.Timing(

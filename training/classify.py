@@ -1,22 +1,24 @@
 """`gamjeong classify`: the emotion of each text with all seven probabilities.
 
-`Classification` is the one result shape the command prints, whatever produced it (a local model directory through
-`gamjeong.predictor` today; another source such as a server only needs to return the same objects).
+`Classification` (gamjeong.classification, re-exported here) is the one result shape the command prints, whatever
+produced it: a local model directory through `gamjeong.predictor`, or a running server (gamjeong.clients.cli).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from gamjeong.classification import Classification
 from gamjeong.errors import GamjeongError
-from gamjeong.labels import EMOTIONS, LABEL_NAMES
+from gamjeong.labels import EMOTIONS
+
+__all__ = ["Classification", "ClassifyConfig", "classifications_json", "classify_with_model", "render_classifications"]
 
 
 class ClassifyConfig(BaseModel):
@@ -27,29 +29,6 @@ class ClassifyConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     backend: Literal["auto", "pytorch", "onnx"] = "auto"
     device: str = "auto"
-
-
-@dataclass(frozen=True)
-class Classification:
-    text: str
-    label: str  # English name
-    label_ko: str
-    label_id: int
-    score: float  # probability of `label`
-    probabilities: dict[str, float]  # every class by English name, in id order
-
-    @classmethod
-    def from_probabilities(cls, text: str, probs: Sequence[float]) -> Classification:
-        probs = np.asarray(probs, dtype=np.float64)
-        best = int(probs.argmax())
-        return cls(
-            text=text,
-            label=EMOTIONS[best].name,
-            label_ko=EMOTIONS[best].name_ko,
-            label_id=best,
-            score=float(probs[best]),
-            probabilities={name: float(p) for name, p in zip(LABEL_NAMES, probs, strict=True)},
-        )
 
 
 def classify_with_model(config: ClassifyConfig) -> list[Classification]:
