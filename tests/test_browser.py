@@ -102,6 +102,7 @@ async def test_the_page_classifies_and_chats_in_headless_chromium(tiny_int8_dir:
                 await page.set_viewport_size({"width": 390, "height": 844})
                 scroll_width = await page.evaluate("document.documentElement.scrollWidth")
                 assert scroll_width <= 390
+                await page.screenshot(path=str(screenshot.with_name(f"{screenshot.stem}-phone.png")), full_page=True)
             finally:
                 await browser.close()
     finally:

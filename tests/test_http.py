@@ -97,7 +97,7 @@ async def test_http_answers_what_grpc_answers_for_the_same_texts(make_server) ->
     assert info["model_name"] == grpc_info.model_name and info["backend"] == grpc_info.backend == "onnx-int8"
     assert [label["name_ko"] for label in info["labels"]] == ["기쁨", "슬픔", "분노", "공포", "놀람", "혐오", "중립"]
     assert info["limits"]["max_texts_per_request"] == 64
-    assert info["untrained"] is True  # random weights, no evaluation on record
+    assert info["untrained"] is None and info["macro_f1"] is None  # no evaluation on record: unknown
     assert requests_total(server, "Classify", "OK") == 2 + 1  # HTTP calls count as the RPC they map to
 
 
@@ -360,6 +360,21 @@ async def test_http_connections_have_nagle_off(make_server) -> None:
         for connection in connections:
             sock = connection.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_model_quality_says_untrained_only_with_evidence(tmp_path: Path) -> None:
+    from gamjeong.server.http.convert import model_quality
+
+    trained, chance, exported = tmp_path / "trained", tmp_path / "chance", tmp_path / "exported"
+    for directory in (trained, chance, exported):
+        directory.mkdir()
+    (trained / "metrics.json").write_text(json.dumps({"accuracy": 0.56, "macro_f1": 0.485}))
+    (chance / "metrics.json").write_text(json.dumps({"accuracy": 0.17, "macro_f1": 0.066}))
+    (exported / "manifest.json").write_text(json.dumps({"source": {"model_dir": str(trained)}}))
+    assert model_quality(trained) == {"macro_f1": 0.485, "accuracy": 0.56, "untrained": False}
+    assert model_quality(exported)["untrained"] is False  # found through the manifest
+    assert model_quality(chance)["untrained"] is True
+    assert model_quality(tmp_path)["untrained"] is None
 
 
 def test_settings_read_the_http_port_from_the_environment(monkeypatch, tmp_path) -> None:

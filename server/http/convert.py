@@ -134,8 +134,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def model_quality(model_dir: Path) -> dict[str, Any]:
     """What the model's own evaluation says (metrics.json of the served directory, or of the trained directory an
-    export's manifest names): accuracy, macro-F1 and whether the model looks untrained (no evaluation at all, or
-    macro-F1 at chance level), so the web page can warn that its answers mean nothing."""
+    export's manifest names): accuracy, macro-F1 and whether the model is untrained (marked so, or macro-F1 at chance
+    level), so the web page can warn that its answers mean nothing. With no evaluation on record `untrained` is None:
+    unknown, and the page says so rather than guessing."""
     manifest = _read_json(model_dir / MANIFEST_FILE)
     source = manifest.get("source")
     candidates = [model_dir]
@@ -151,4 +152,4 @@ def model_quality(model_dir: Path) -> dict[str, Any]:
                 "accuracy": round(float(accuracy), 4) if isinstance(accuracy, int | float) else None,
                 "untrained": bool(metrics.get("untrained")) or macro_f1 <= UNTRAINED_MACRO_F1,
             }
-    return {"macro_f1": None, "accuracy": None, "untrained": True}
+    return {"macro_f1": None, "accuracy": None, "untrained": None}

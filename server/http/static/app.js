@@ -38,10 +38,17 @@ async function loadInfo() {
     $("model-name").textContent = `모델 ${info.model_name}`;
     $("model-backend").textContent = `${info.backend} · ${info.execution_provider}`;
     $("model-backend").hidden = false;
-    $("model-untrained").hidden = !info.untrained;
-    if (!info.untrained && info.macro_f1 != null) {
-      $("model-quality").textContent = `macro-F1 ${info.macro_f1.toFixed(3)}`;
-      $("model-quality").hidden = false;
+    $("model-untrained").hidden = info.untrained !== true;
+    const quality = $("model-quality");
+    if (info.untrained === false && info.macro_f1 != null) {
+      quality.textContent = `macro-F1 ${info.macro_f1.toFixed(3)}`;
+      quality.title = `모델 자체 평가: 정확도 ${info.accuracy != null ? (info.accuracy * 100).toFixed(1) + "%" : "?"}`;
+      quality.className = "chip good";
+      quality.hidden = false;
+    } else if (info.untrained == null) {
+      quality.textContent = "평가 기록 없음 · no evaluation";  // unknown: neither praised nor flagged
+      quality.className = "chip";
+      quality.hidden = false;
     }
     renderBars(null);
   } catch (error) {
