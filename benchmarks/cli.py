@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gamjeong.errors import GamjeongError
+from gamjeong.errors import GamjeongError, flag_error
 
 bench_app = typer.Typer(
     no_args_is_help=True, help="Benchmarks: PyTorch vs ONNX models, and the gRPC server end to end."
@@ -86,8 +86,7 @@ def model_command(
             **{key: value for key, value in given.items() if value is not None},
         )
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise GamjeongError(f"--{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}.") from None
+        raise flag_error(exc) from None
     config = quick_settings(config, explicit)
     console = Console()
     if not console.is_terminal:  # piped to a file: rich's 80-column default would squeeze the tables
@@ -162,8 +161,7 @@ def server_command(
             **{key: value for key, value in given.items() if value is not None},
         )
     except ValidationError as exc:
-        error = exc.errors()[0]
-        raise GamjeongError(f"--{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}.") from None
+        raise flag_error(exc) from None
     config = quick_settings(config, explicit)
     console = Console()
     if not console.is_terminal:

@@ -6,22 +6,18 @@ from pathlib import Path
 
 import typer
 
-from gamjeong.errors import GamjeongError
-
 
 def _config_from_options(**options: object):
     """The typed ExportConfig; a bad option value becomes one sentence naming the flag."""
     from pydantic import ValidationError
 
+    from gamjeong.errors import flag_error
     from gamjeong.export.exporter import ExportConfig
 
     try:
         return ExportConfig(**options)  # type: ignore[arg-type]
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "option"
-        flag = "--" + field.replace("_", "-")
-        raise GamjeongError(f"Invalid {flag} {options.get(field)!r}: {error['msg']}.") from None
+        raise flag_error(exc, options) from None
 
 
 def export_command(

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gamjeong.errors import GamjeongError
+from gamjeong.errors import GamjeongError, flag_error
 
 TruncationPolicy = Literal["truncate", "refuse"]
 Backend = Literal["auto", "pytorch", "onnx"]
@@ -113,10 +113,4 @@ def load_settings(**overrides: object) -> ServerSettings:
     try:
         return ServerSettings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')} is required"
-            if err["type"] == "missing"
-            else f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise GamjeongError(f"Invalid server settings ({problems}); fix the flag or GAMJEONG_* variable.") from None
+        raise flag_error(exc, given, hint="Fix the flag or its GAMJEONG_* variable.") from None

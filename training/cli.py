@@ -252,14 +252,12 @@ def _config(config_class, **values):
     """Build a command's pydantic config; a bad value becomes one sentence naming its flag (CLI exit code 2)."""
     from pydantic import ValidationError
 
-    from gamjeong.errors import GamjeongError
+    from gamjeong.errors import flag_error
 
     try:
         return config_class(**values)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        flag = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
-        raise GamjeongError(f"Invalid value for {flag}: {error['msg']}.") from None
+        raise flag_error(exc, values) from None
 
 
 def register(app: typer.Typer) -> None:
