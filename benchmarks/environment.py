@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-from importlib import metadata
 from pathlib import Path
 
 _LIBRARIES = ("torch", "transformers", "onnxruntime", "optimum", "optimum-onnx", "tokenizers", "numpy", "grpcio")
@@ -39,13 +38,10 @@ def cpu_bf16_support() -> tuple[bool, str]:
 
 
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in _LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    """The benchmarked libraries' versions (None: not installed)."""
+    from gamjeong.versions import library_versions as installed_versions
+
+    return installed_versions(_LIBRARIES, python=False, keep_missing=True)
 
 
 def environment(threads: int | None) -> dict[str, object]:

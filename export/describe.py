@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,10 +40,10 @@ def graph_description(onnx_path: Path) -> dict[str, object]:
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    """The manifest's `versions`: Python and the libraries that made the export (those installed)."""
+    from gamjeong.versions import library_versions as installed_versions
 
-    versions = {"python": sys.version.split()[0]}
-    for package in (
+    packages = (
         "gamjeong",
         "torch",
         "transformers",
@@ -53,12 +52,8 @@ def library_versions() -> dict[str, str]:
         "onnx",
         "onnxruntime",
         "onnxruntime-gpu",
-    ):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return versions
+    )
+    return installed_versions(packages)  # type: ignore[return-value]
 
 
 def source_summary(model_dir: Path, weights: Path) -> dict[str, object]:

@@ -7,12 +7,10 @@ cross-validation and the trained model directory (see gamjeong/artifacts.py) tha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -360,13 +358,10 @@ def _cross_validate(config: TrainConfig, tokenizer, splits, work_dir: Path) -> d
 
 
 def _library_versions() -> dict[str, str]:
-    from importlib import metadata
+    from gamjeong.versions import library_versions
 
-    versions = {"python": platform.python_version()}
-    for package in ("gamjeong", "torch", "transformers", "tokenizers", "accelerate", "scikit-learn", "numpy", "pandas"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    return versions
+    packages = ("gamjeong", "torch", "transformers", "tokenizers", "accelerate", "scikit-learn", "numpy", "pandas")
+    return library_versions(packages)  # type: ignore[return-value]
 
 
 def _model_card(config: TrainConfig, splits, metrics: dict, training: dict, cross_validation: dict | None) -> str:
