@@ -351,32 +351,21 @@ def _run_isolated(spec: dict[str, Any], workdir: Path, name: str) -> dict[str, A
 
 def build_random_model_dir(dest: Path, texts: list[str], *, real_size: bool, tokenizer_dir: Path | None) -> str:
     """Save a random-weight DistilBERT in the trained-dir contract; returns how its tokenizer was obtained."""
-    from gamjeong.modeling import build_random_model, distilbert_config, load_tokenizer, train_wordpiece_tokenizer
+    from gamjeong.modeling import load_tokenizer, save_random_model, train_wordpiece_tokenizer
 
     tokenizer_dir = tokenizer_dir or (MBERT_TOKENIZER_DIR if real_size else None)
     if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
-        tokenizer = load_tokenizer(tokenizer_dir)
-        model = build_random_model(tokenizer, real_size=real_size, seed=0)
-        how = f"tokenizer from {tokenizer_dir}"
-    elif tokenizer_dir is not None and tokenizer_dir != MBERT_TOKENIZER_DIR:
+        save_random_model(dest, load_tokenizer(tokenizer_dir), real_size=real_size, seed=0)
+        return f"tokenizer from {tokenizer_dir}"
+    if tokenizer_dir is not None and tokenizer_dir != MBERT_TOKENIZER_DIR:
         raise GamjeongError(f"Tokenizer directory '{tokenizer_dir}' does not exist.")
-    else:
-        import torch
-        from transformers import DistilBertForSequenceClassification
-
-        # A WordPiece vocabulary cannot reach 119,547 words from a few thousand sentences: the tokenizer is trained
-        # on the texts, and the embedding matrix keeps the real vocabulary size so that size and speed stay real.
-        tokenizer = train_wordpiece_tokenizer(texts, vocab_size=8000 if real_size else 2000, model_max_length=512)
-        torch.manual_seed(0)
-        vocab = 119_547 if real_size else len(tokenizer)
-        model = DistilBertForSequenceClassification(distilbert_config(vocab, real_size=real_size)).eval()
-        how = "tokenizer trained on the benchmark texts" + (
-            f" ({MBERT_TOKENIZER_DIR} was missing; the embeddings keep the real 119,547-word size)" if real_size else ""
-        )
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    return how
+    # A WordPiece vocabulary cannot reach 119,547 words from a few thousand sentences: the tokenizer is trained
+    # on the texts, and the embedding matrix keeps the real vocabulary size so that size and speed stay real.
+    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=8000 if real_size else 2000, model_max_length=512)
+    save_random_model(dest, tokenizer, real_size=real_size, seed=0, vocab_size=119_547 if real_size else None)
+    return "tokenizer trained on the benchmark texts" + (
+        f" ({MBERT_TOKENIZER_DIR} was missing; the embeddings keep the real 119,547-word size)" if real_size else ""
+    )
 
 
 def export_for_benchmark(

@@ -240,13 +240,26 @@ def distilbert_config(
     )
 
 
-def build_random_model(tokenizer, *, real_size: bool = True, seed: int = 0):
-    """A randomly initialised DistilBERT classifier sized for the tokenizer's vocabulary."""
+def build_random_model(tokenizer, *, real_size: bool = True, seed: int = 0, vocab_size: int | None = None):
+    """A randomly initialised DistilBERT classifier sized for the tokenizer's vocabulary (or `vocab_size`)."""
     import torch
     from transformers import DistilBertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = distilbert_config(len(tokenizer), real_size=real_size, pad_token_id=tokenizer.pad_token_id or 0)
+    vocab_size = vocab_size or len(tokenizer)
+    config = distilbert_config(vocab_size, real_size=real_size, pad_token_id=tokenizer.pad_token_id or 0)
     model = DistilBertForSequenceClassification(config)
     model.eval()
+    return model
+
+
+def save_random_model(destination: str | Path, tokenizer, *, real_size: bool = True, seed: int = 0, vocab_size=None):
+    """A random-weight DistilBERT and its tokenizer saved as a trained-model directory (seven labels, weights,
+    tokenizer): what tests, the benchmarks and an offline quickstart run when no pretrained model can be had.
+    Returns the model."""
+    model = build_random_model(tokenizer, real_size=real_size, seed=seed, vocab_size=vocab_size)
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
     return model

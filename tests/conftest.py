@@ -81,12 +81,10 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """A directory in the trained-model contract (config with our labels, weights, tokenizer), random weights."""
-    from gamjeong.modeling import build_random_model
+    from gamjeong.modeling import save_random_model
 
     path = tmp_path_factory.mktemp("tiny-model")
-    model = build_random_model(tiny_tokenizer, real_size=False, seed=0)
-    model.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
+    save_random_model(path, tiny_tokenizer, real_size=False, seed=0)
     return path
 
 

@@ -27,14 +27,11 @@ def build_random_base(config: QuickstartConfig, budget: TrainingBudget, data_dir
     on the training split, saved as a base-model directory that training loads like any other; returns a description."""
     import pandas as pd
 
-    from gamjeong.modeling import build_random_model, train_wordpiece_tokenizer
+    from gamjeong.modeling import save_random_model, train_wordpiece_tokenizer
 
     texts = pd.read_csv(data_dir / "train.csv")["text"].astype(str).tolist()
     tokenizer = train_wordpiece_tokenizer(texts, vocab_size=budget.vocab_size, model_max_length=budget.max_length)
-    model = build_random_model(tokenizer, real_size=budget.real_size, seed=config.seed)
-    destination.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(destination)
-    tokenizer.save_pretrained(destination)
+    model = save_random_model(destination, tokenizer, real_size=budget.real_size, seed=config.seed)
     size = "real-size distilbert-base-multilingual-cased architecture" if budget.real_size else "tiny DistilBERT"
     params = sum(p.numel() for p in model.parameters())
     return f"random base: {size}, {params / 1e6:.1f} M parameters, vocabulary {len(tokenizer)}"
