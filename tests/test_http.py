@@ -97,7 +97,8 @@ async def test_http_answers_what_grpc_answers_for_the_same_texts(make_server) ->
     assert info["model_name"] == grpc_info.model_name and info["backend"] == grpc_info.backend == "onnx-int8"
     assert [label["name_ko"] for label in info["labels"]] == ["기쁨", "슬픔", "분노", "공포", "놀람", "혐오", "중립"]
     assert info["limits"]["max_texts_per_request"] == 64
-    assert info["untrained"] is None and info["macro_f1"] is None  # no evaluation on record: unknown
+    # Random weights: the export's parity check scored them at chance level.
+    assert info["untrained"] is True and info["quality_source"] == "parity.json"
     assert requests_total(server, "Classify", "OK") == 2 + 1  # HTTP calls count as the RPC they map to
 
 
@@ -371,10 +372,24 @@ def test_model_quality_says_untrained_only_with_evidence(tmp_path: Path) -> None
     (trained / "metrics.json").write_text(json.dumps({"accuracy": 0.56, "macro_f1": 0.485}))
     (chance / "metrics.json").write_text(json.dumps({"accuracy": 0.17, "macro_f1": 0.066}))
     (exported / "manifest.json").write_text(json.dumps({"source": {"model_dir": str(trained)}}))
-    assert model_quality(trained) == {"macro_f1": 0.485, "accuracy": 0.56, "untrained": False}
+    assert model_quality(trained) == {
+        "macro_f1": 0.485,
+        "accuracy": 0.56,
+        "untrained": False,
+        "quality_source": "metrics.json",
+    }
     assert model_quality(exported)["untrained"] is False  # found through the manifest
     assert model_quality(chance)["untrained"] is True
     assert model_quality(tmp_path)["untrained"] is None
+    # An export whose trained directory is gone: its parity check scored the served model on labelled texts.
+    (exported / "manifest.json").write_text(json.dumps({"source": {"model_dir": str(tmp_path / "gone")}}))
+    (exported / "parity.json").write_text(json.dumps({"candidate": {"accuracy": 0.53, "macro_f1": 0.28}}))
+    assert model_quality(exported) == {
+        "macro_f1": 0.28,
+        "accuracy": 0.53,
+        "untrained": False,
+        "quality_source": "parity.json",
+    }
 
 
 def test_settings_read_the_http_port_from_the_environment(monkeypatch, tmp_path) -> None:

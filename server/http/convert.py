@@ -11,7 +11,7 @@ from typing import Any, Literal
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
-from gamjeong.artifacts import MANIFEST_FILE, METRICS_FILE
+from gamjeong.artifacts import MANIFEST_FILE, METRICS_FILE, PARITY_FILE
 from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.labels import NUM_LABELS
 
@@ -132,11 +132,24 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _scores(record: dict[str, Any], untrained_mark: object, source: str) -> dict[str, Any] | None:
+    macro_f1, accuracy = record.get("macro_f1"), record.get("accuracy")
+    if not isinstance(macro_f1, int | float):
+        return None
+    return {
+        "macro_f1": round(float(macro_f1), 4),
+        "accuracy": round(float(accuracy), 4) if isinstance(accuracy, int | float) else None,
+        "untrained": bool(untrained_mark) or macro_f1 <= UNTRAINED_MACRO_F1,
+        "quality_source": source,
+    }
+
+
 def model_quality(model_dir: Path) -> dict[str, Any]:
-    """What the model's own evaluation says (metrics.json of the served directory, or of the trained directory an
-    export's manifest names): accuracy, macro-F1 and whether the model is untrained (marked so, or macro-F1 at chance
-    level), so the web page can warn that its answers mean nothing. With no evaluation on record `untrained` is None:
-    unknown, and the page says so rather than guessing."""
+    """What the model's own evaluation says: accuracy, macro-F1 and whether the model is untrained (marked so, or
+    macro-F1 at chance level), so the web page can warn that its answers mean nothing. Read from metrics.json (of the
+    served directory, or of the trained directory an export's manifest names), else from the export's parity.json
+    (the served ONNX model scored on the parity texts). With no evaluation on record `untrained` is None: unknown,
+    and the page says so rather than guessing."""
     manifest = _read_json(model_dir / MANIFEST_FILE)
     source = manifest.get("source")
     candidates = [model_dir]
@@ -144,12 +157,9 @@ def model_quality(model_dir: Path) -> dict[str, Any]:
         candidates.append(Path(source["model_dir"]))
     for directory in candidates:
         metrics = _read_json(directory / METRICS_FILE)
-        macro_f1 = metrics.get("macro_f1")
-        if isinstance(macro_f1, int | float):
-            accuracy = metrics.get("accuracy")
-            return {
-                "macro_f1": round(float(macro_f1), 4),
-                "accuracy": round(float(accuracy), 4) if isinstance(accuracy, int | float) else None,
-                "untrained": bool(metrics.get("untrained")) or macro_f1 <= UNTRAINED_MACRO_F1,
-            }
-    return {"macro_f1": None, "accuracy": None, "untrained": None}
+        found = _scores(metrics, metrics.get("untrained"), "metrics.json")
+        if found is not None:
+            return found
+    parity = _read_json(model_dir / PARITY_FILE).get("candidate")
+    found = _scores(parity, False, "parity.json") if isinstance(parity, dict) else None
+    return found or {"macro_f1": None, "accuracy": None, "untrained": None, "quality_source": None}
