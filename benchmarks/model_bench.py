@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from gamjeong.artifacts import ONNX_MODEL_FILE, is_exported_dir
+from gamjeong.artifacts import MANIFEST_FILE, ONNX_MODEL_FILE, is_exported_dir
 from gamjeong.errors import GamjeongError
 from gamjeong.modeling import WEIGHT_FILES
 from gamjeong.predictor import _onnx_precision  # the one reading of an exported dir's precision (manifest)
@@ -378,7 +378,7 @@ def export_for_benchmark(
     """
     from gamjeong.export.exporter import ExportConfig, export_model
 
-    if random_weights and (dest / ONNX_MODEL_FILE).is_file() and (dest / "manifest.json").is_file():
+    if random_weights and (dest / ONNX_MODEL_FILE).is_file() and (dest / MANIFEST_FILE).is_file():
         progress(f"reusing the {precision} export in {dest}")
         return dest
     progress(f"exporting {model_dir} to {precision} ONNX in {dest}")
@@ -393,19 +393,17 @@ def export_for_benchmark(
 
 
 def _export_summary(model_dir: Path) -> dict[str, Any] | None:
-    from gamjeong.artifacts import MANIFEST_FILE
+    from gamjeong.artifacts import read_manifest
 
-    manifest_file = model_dir / MANIFEST_FILE
-    if not manifest_file.is_file():
+    if not (model_dir / MANIFEST_FILE).is_file():
         return None
-    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    parity = manifest.get("parity") or {}
+    manifest = read_manifest(model_dir)
     return {
-        "quantization": manifest.get("quantization"),
-        "optimization": manifest.get("optimization"),
-        "target": (manifest.get("target") or {}).get("name"),
-        "export_parity_argmax_agreement": parity.get("argmax_agreement"),
-        "forced": manifest.get("forced"),
+        "quantization": manifest["quantization"],
+        "optimization": manifest.optimization,
+        "target": manifest.target.name,
+        "export_parity_argmax_agreement": manifest.parity.argmax_agreement,
+        "forced": manifest.forced,
     }
 
 

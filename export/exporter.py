@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, ONNX_MODEL_FILE, PARITY_FILE, describe_files
+from gamjeong.artifacts import CONFIG_FILE, ONNX_MODEL_FILE, PARITY_FILE, Manifest, describe_files
 from gamjeong.errors import GamjeongError, QualityGateError
 from gamjeong.export.describe import graph_description, library_versions, source_summary
 from gamjeong.export.gate import GateDecision, GateRule, GateSettings
@@ -300,12 +300,12 @@ def export_model(config: ExportConfig, report: Report | None = None) -> Path:
         raise _write_error(exc, output) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    parity = manifest["parity"]
+    parity = manifest.parity
     say(
-        f"exported {output / ONNX_MODEL_FILE} ({manifest['files'][ONNX_MODEL_FILE]['size'] / 1e6:.1f} MB, "
-        f"{'fp32' if mode == 'none' else mode}); parity on {parity['texts']} texts: argmax agreement "
-        f"{parity['argmax_agreement']:.4f}, on confident texts {parity['confident_agreement']:.4f}, "
-        f"max |Δp| {parity['max_abs_prob_diff']:.4f}"
+        f"exported {output / ONNX_MODEL_FILE} ({manifest.files[ONNX_MODEL_FILE].size / 1e6:.1f} MB, "
+        f"{manifest.precision}); parity on {parity.texts} texts: argmax agreement "
+        f"{parity.argmax_agreement:.4f}, on confident texts {parity.confident_agreement:.4f}, "
+        f"max |Δp| {parity.max_abs_prob_diff:.4f}"
     )
     return output
 
@@ -349,7 +349,7 @@ def _build(
     mode: str,
     scratch: Path,
     say: Report,
-) -> dict:
+) -> Manifest:
     from gamjeong.export.gate import decide
     from gamjeong.export.parity import load_parity_texts
     from gamjeong.export.search import CandidateRunner, SearchSettings, search
@@ -454,23 +454,25 @@ def _build(
         say(f"warning: parity gate failed ({'; '.join(decision.reasons)}) but --force publishes the model anyway")
     write_json(final / PARITY_FILE, parity)
 
-    manifest = {
-        "format_version": MANIFEST_FORMAT_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model_file": ONNX_MODEL_FILE,
-        "labels": list(LABEL_NAMES),
-        "source": source_summary(model_dir, weights),
-        "task": "text-classification",
-        **graph,
-        "quantization": quantization,
-        "optimization": optimization,
-        "target": {"name": target.name, "requested": target.requested, "reason": target.reason},
-        "max_length": reference.max_length,
-        "versions": library_versions(),
-        "timings": timings,
-        "parity": parity,
-        "forced": bool(config.force and not decision.passed),
-        "files": describe_files(final),
-    }
-    write_json(final / MANIFEST_FILE, manifest)
+    manifest = Manifest.model_validate(
+        {
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model_file": ONNX_MODEL_FILE,
+            "labels": list(LABEL_NAMES),
+            "source": source_summary(model_dir, weights),
+            "task": "text-classification",
+            **graph,
+            "quantization": quantization,
+            "optimization": optimization,
+            "target": {"name": target.name, "requested": target.requested, "reason": target.reason},
+            "max_length": reference.max_length,
+            "versions": library_versions(),
+            "timings": timings,
+            "parity": parity,
+            "forced": bool(config.force and not decision.passed),
+            "files": describe_files(final),
+        }
+    )
+    manifest.write(final)
     return manifest

@@ -15,7 +15,14 @@ from typing import Literal
 
 import numpy as np
 
-from gamjeong.artifacts import CONFIG_FILE, ONNX_MODEL_FILE, is_exported_dir, require_tokenizer, verify_manifest
+from gamjeong.artifacts import (
+    CONFIG_FILE,
+    ONNX_MODEL_FILE,
+    Manifest,
+    is_exported_dir,
+    require_tokenizer,
+    verify_manifest,
+)
 from gamjeong.errors import GamjeongError
 
 log = logging.getLogger(__name__)
@@ -40,8 +47,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Predictor(ABC):
     """Tokenises texts and returns the probabilities of the seven classes."""
 
-    backend: str  # "pytorch-fp32", "onnx-int8", ... (with "-cuda" on a GPU)
+    backend: str  # a label for logs and results: "pytorch-fp32", "onnx-int8", ... (with "-cuda" on a GPU)
     device: str  # "cpu" or "cuda"
+    precision: str = "fp32"  # "fp32", "bf16", "fp16" or "int8": read this, never parse `backend`
+    manifest: Manifest | None = None  # an exported directory's verified manifest.json
 
     def __init__(self, tokenizer, max_length: int | None = None) -> None:
         self.tokenizer = tokenizer
@@ -130,6 +139,7 @@ class TorchPredictor(Predictor):
             raise GamjeongError("PyTorch fp16 inference needs a CUDA GPU; use fp32 or bf16 on a CPU.")
         self.model = model.to(self.device).eval()
         self.dtype = dtype
+        self.precision = dtype
         self.backend = f"pytorch-{dtype}" + ("-cuda" if self.device == "cuda" else "")
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -150,13 +160,23 @@ class TorchPredictor(Predictor):
 class OnnxPredictor(Predictor):
     """An ONNX model on ONNX Runtime (CUDA execution provider when available, else CPU)."""
 
-    def __init__(self, session, tokenizer, *, precision: str = "fp32", max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        session,
+        tokenizer,
+        *,
+        precision: str = "fp32",
+        max_length: int | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
         super().__init__(tokenizer, max_length)
         self.session = session
         self.input_names = {i.name for i in session.get_inputs()}
         provider = session.get_providers()[0]
         self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self.provider = provider
+        self.precision = precision
+        self.manifest = manifest
         self.backend = f"onnx-{precision}" + ("-cuda" if self.device == "cuda" else "")
 
     def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -169,7 +189,7 @@ class OnnxPredictor(Predictor):
         return {**super().info(), "provider": self.provider}
 
 
-def _onnx_precision(model_dir: Path, manifest: dict | None = None) -> str:
+def _onnx_precision(model_dir: Path, manifest: Manifest | None = None) -> str:
     """The precision ("fp32", "int8" or "fp16") of an exported directory's model.onnx, read from the graph itself
     (gamjeong.onnx_runtime.graph_precision): the manifest's own description is not covered by its checksums.
     `manifest` is accepted for older callers and not read."""
@@ -209,7 +229,11 @@ def load_predictor(
         provider = "auto" if device == "auto" else device
         session = create_session(path / ONNX_MODEL_FILE, provider=provider, intra_op_threads=intra_op_threads)
         return OnnxPredictor(
-            session, load_tokenizer(path), precision=_onnx_precision(path, manifest), max_length=max_length
+            session,
+            load_tokenizer(path),
+            precision=_onnx_precision(path, manifest),
+            max_length=max_length,
+            manifest=manifest,
         )
     model, tokenizer = load_trained_model(path)
     if intra_op_threads:

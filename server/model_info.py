@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
 
-from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
+from gamjeong.artifacts import CONFIG_FILE, Manifest, evaluated_dirs, find_manifest, read_metrics
 from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.labels import EMOTIONS
 from gamjeong.predictor import Predictor
@@ -32,14 +31,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def public_name(value: str) -> str:
     """A hub id unchanged; anything else (a local path, POSIX or Windows) reduced to its last component."""
     value = value.strip()
@@ -49,39 +40,46 @@ def public_name(value: str) -> str:
     return name if _HUB_ID.match(name) and name not in (".", "..") else ""
 
 
-def _base_model(model_dir: Path) -> str:
+def _base_model(model_dir: Path, manifest: Manifest | None) -> str:
     """The pretrained model the served one was fine-tuned from, as recorded by `gamjeong train` (metrics.json), also
     for an exported directory (via the trained directory its manifest names); "" when nothing says."""
-    manifest = _read_json(model_dir / MANIFEST_FILE)
-    source = manifest.get("source")
-    candidates = [model_dir]
-    if isinstance(source, dict) and isinstance(source.get("model_dir"), str):
-        candidates.append(Path(source["model_dir"]))
-    for directory in candidates:
-        metrics = _read_json(directory / METRICS_FILE)
+    recorded = manifest.as_json() if manifest is not None else {}
+    for directory in evaluated_dirs(model_dir, manifest):
+        metrics = read_metrics(directory)
         training = metrics.get("training")
-        for record in (training if isinstance(training, dict) else {}, metrics, manifest):
+        for record in (training if isinstance(training, dict) else {}, metrics, recorded):
             value = record.get("base_model")
             if isinstance(value, str) and public_name(value):
                 return public_name(value)
-    name_or_path = _read_json(model_dir / CONFIG_FILE).get("_name_or_path")
+    try:
+        name_or_path = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        name_or_path = None
     if isinstance(name_or_path, str) and name_or_path and not Path(name_or_path).is_absolute():
         return public_name(name_or_path)
     return ""
 
 
+def served_manifest(model_dir: Path, predictor: Predictor) -> Manifest | None:
+    """The manifest of the described directory: the one the predictor verified when it loaded that directory, else
+    whatever the directory's manifest.json says (None for a trained directory)."""
+    kept = predictor.manifest
+    if kept is not None and kept.directory == Path(model_dir).expanduser().resolve():
+        return kept
+    return find_manifest(model_dir)
+
+
 def describe_model(model_dir: Path, predictor: Predictor, settings: ServerSettings) -> pb.ModelInfo:
     """The GetModelInfo answer, from the predictor and whatever the artifacts say about the model."""
-    manifest = _read_json(model_dir / MANIFEST_FILE)
-    recorded_name = manifest.get("model_name")
+    manifest = served_manifest(model_dir, predictor)
+    recorded_name = manifest.as_json().get("model_name") if manifest is not None else None
     model_name = public_name(recorded_name) if isinstance(recorded_name, str) else ""
-    precision = predictor.backend.split("-")[1] if "-" in predictor.backend else "fp32"
     provider = getattr(predictor, "provider", None) or f"pytorch-{predictor.device}"
     return pb.ModelInfo(
         model_name=model_name or model_dir.resolve().name,
-        base_model=_base_model(model_dir),
+        base_model=_base_model(model_dir, manifest),
         labels=[pb.Label(id=e.id, name=e.name, name_ko=e.name_ko) for e in EMOTIONS],
-        quantization="none" if precision == "fp32" else precision,
+        quantization="none" if predictor.precision == "fp32" else predictor.precision,
         backend=predictor.backend,
         execution_provider=provider,
         max_input_length=predictor.max_length,

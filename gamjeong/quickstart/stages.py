@@ -143,7 +143,7 @@ def export_stage(model_dir: Path, out: Path, untrained: bool, ui: StageDisplay) 
         fallback = str(exc)
         ui.warn(f"No int8 configuration kept the model's answers ({exc}) - quickstart exports fp32 instead.")
         export_dir = _export(model_dir, out, "none", False, ui)
-    manifest = read_manifest(export_dir)
+    manifest = read_manifest(export_dir).as_json()
     parity = manifest.get("parity", {})
     size_mb = (export_dir / ONNX_MODEL_FILE).stat().st_size / 1e6
     ui.say(
@@ -194,9 +194,7 @@ def bench_stage(model_dir: Path, export_dir: Path, budget: TrainingBudget, out: 
     from gamjeong.benchmarks.model_bench import ModelBenchConfig, run_model_benchmark
     from gamjeong.benchmarks.report import write_model_results
 
-    onnx_backend = (
-        "onnx-int8" if read_manifest(export_dir).get("quantization", {}).get("mode") == "int8" else "onnx-fp32"
-    )
+    onnx_backend = "onnx-int8" if read_manifest(export_dir).precision == "int8" else "onnx-fp32"
     bench_config = ModelBenchConfig(
         model=model_dir,
         onnx=[export_dir],

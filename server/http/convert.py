@@ -11,7 +11,7 @@ from typing import Any, Literal
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
-from gamjeong.artifacts import MANIFEST_FILE, METRICS_FILE, PARITY_FILE
+from gamjeong.artifacts import PARITY_FILE, evaluated_dirs, find_manifest, read_metrics
 from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.labels import NUM_LABELS
 
@@ -150,13 +150,8 @@ def model_quality(model_dir: Path) -> dict[str, Any]:
     served directory, or of the trained directory an export's manifest names), else from the export's parity.json
     (the served ONNX model scored on the parity texts). With no evaluation on record `untrained` is None: unknown,
     and the page says so rather than guessing."""
-    manifest = _read_json(model_dir / MANIFEST_FILE)
-    source = manifest.get("source")
-    candidates = [model_dir]
-    if isinstance(source, dict) and isinstance(source.get("model_dir"), str):
-        candidates.append(Path(source["model_dir"]))
-    for directory in candidates:
-        metrics = _read_json(directory / METRICS_FILE)
+    for directory in evaluated_dirs(model_dir, find_manifest(model_dir)):
+        metrics = read_metrics(directory)
         found = _scores(metrics, metrics.get("untrained"), "metrics.json")
         if found is not None:
             return found
