@@ -13,7 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA wheels.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	# Everything: the base (serving) install plus the train and export extras and the dev tools.
+	$(PY) -m pip install -q -e ".[train,export,dev]"
 	touch $@
 
 setup: $(VENV)/.installed

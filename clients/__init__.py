@@ -6,6 +6,7 @@ from gamjeong.clients.client import (
     ChatReply,
     EmotionClient,
     EmotionResult,
+    LoadBalancing,
     ModelInfo,
     Timing,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "ChatReply",
     "EmotionClient",
     "EmotionResult",
+    "LoadBalancing",
     "ModelInfo",
     "Timing",
 ]

@@ -9,7 +9,13 @@ from pathlib import Path
 import typer
 from pydantic import BaseModel, ConfigDict
 
+from gamjeong.clients.balancing import LoadBalancing
 from gamjeong.errors import GamjeongError
+
+LB_HELP = (
+    "Client-side load balancing: round_robin spreads calls over every address --server resolves to "
+    "(dns:///NAME:PORT of a headless service, or IP:PORT,IP:PORT); default: one server (pick_first)."
+)
 
 
 class ConnectionOptions(BaseModel):
@@ -24,6 +30,7 @@ class ConnectionOptions(BaseModel):
     cert: Path | None = None
     key: Path | None = None
     timeout: float | None = 30.0
+    load_balancing: LoadBalancing | None = None
 
     def client(self):
         from gamjeong.clients import EmotionClient
@@ -41,6 +48,7 @@ class ConnectionOptions(BaseModel):
             root_certificates=self.ca,
             client_certificate=self.cert,
             client_key=self.key,
+            load_balancing=self.load_balancing,
         )
 
 
@@ -63,7 +71,9 @@ def format_result(result) -> str:
     return f"{result.label}\t{result.label_ko}\t{result.score:.3f}{note}"
 
 
-def classify_on_server(server: str, texts: Sequence[str], *, token: str | None = None) -> list:
+def classify_on_server(
+    server: str, texts: Sequence[str], *, token: str | None = None, load_balancing: LoadBalancing | None = None
+) -> list:
     """`gamjeong classify --server`: the texts classified by a running server, as the command's Classification
     objects (all seven probabilities in id order). The token defaults to GAMJEONG_AUTH_TOKEN."""
     import os
@@ -73,7 +83,9 @@ def classify_on_server(server: str, texts: Sequence[str], *, token: str | None =
     from gamjeong.classification import Classification
     from gamjeong.labels import LABEL_NAMES
 
-    options = ConnectionOptions(server=server, token=token or os.environ.get("GAMJEONG_AUTH_TOKEN") or None)
+    options = ConnectionOptions(
+        server=server, token=token or os.environ.get("GAMJEONG_AUTH_TOKEN") or None, load_balancing=load_balancing
+    )
     with options.client() as client:
         try:
             results = client.classify(list(texts))
@@ -102,11 +114,14 @@ def chat(
     cert: Path = typer.Option(None, help="PEM client certificate for mutual TLS."),
     key: Path = typer.Option(None, help="PEM key of the client certificate."),
     conversation: str = typer.Option("", help="Conversation id sent with every message."),
+    lb: LoadBalancing | None = typer.Option(None, "--lb", help=LB_HELP),
 ) -> None:
     """Read messages from stdin, one per line, and print each one's emotion as it arrives (line number first)."""
     import grpc
 
-    options = ConnectionOptions(server=server, token=token, tls=tls, ca=ca, cert=cert, key=key, timeout=None)
+    options = ConnectionOptions(
+        server=server, token=token, tls=tls, ca=ca, cert=cert, key=key, timeout=None, load_balancing=lb
+    )
     with options.client() as client:
         try:
             for reply in client.chat(_stdin_messages(conversation)):

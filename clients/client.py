@@ -6,11 +6,15 @@
 
 Calls fail with `grpc.RpcError` (its `.code()` and `.details()` say why). UNAVAILABLE is retried with backoff by gRPC's
 own retry policy (channel service config), so a server that restarts or is still loading its model is waited for.
+
+Several servers: gRPC keeps one HTTP/2 connection per channel, so behind a Kubernetes ClusterIP service one client
+talks to one pod. With `load_balancing="round_robin"` the channel connects to every address its target resolves to
+and spreads calls over them: pass "dns:///gamjeong-headless.NAMESPACE.svc.cluster.local:50051" (a headless service
+resolves to every ready pod), or several "host:port" addresses (IP literals) as a list or comma-separated.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,34 +22,28 @@ from typing import Any, Literal
 
 import grpc
 
+from gamjeong.clients.balancing import SERVICE_NAME, LoadBalancing, channel_target, retry_service_config, service_config
 from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 
-SERVICE_NAME = "gamjeong.v1.EmotionClassifier"
+__all__ = [
+    "SERVICE_NAME",
+    "AsyncEmotionClient",
+    "ChatMessage",
+    "ChatReply",
+    "EmotionClient",
+    "EmotionResult",
+    "LoadBalancing",
+    "ModelInfo",
+    "Timing",
+    "channel_target",
+    "retry_service_config",
+    "service_config",
+]
 DEFAULT_TIMEOUT_S = 30.0
 Truncation = Literal["truncate", "refuse"]
 
 _TRUNCATION = {None: pb.TRUNCATION_UNSPECIFIED, "truncate": pb.TRUNCATION_TRUNCATE, "refuse": pb.TRUNCATION_REFUSE}
-
-
-def retry_service_config(max_attempts: int = 5) -> str:
-    """gRPC service config that retries UNAVAILABLE calls of the classifier with exponential backoff."""
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{"service": SERVICE_NAME}],
-                    "retryPolicy": {
-                        "maxAttempts": max_attempts,
-                        "initialBackoff": "0.1s",
-                        "maxBackoff": "2s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-    )
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,7 @@ class Timing:
     inference_ns: int
     num_tokens: int
     batch_size: int
+    cache_hit: bool = False  # answered by the server's result cache: not queued, not run through the model
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,9 @@ class EmotionResult:
             score=message.score,
             scores={s.label: s.score for s in message.scores},
             truncated=message.truncated,
-            timing=Timing(t.tokenization_time_ns, t.queue_time_ns, t.inference_time_ns, t.num_tokens, t.batch_size),
+            timing=Timing(
+                t.tokenization_time_ns, t.queue_time_ns, t.inference_time_ns, t.num_tokens, t.batch_size, t.cache_hit
+            ),
         )
 
 
@@ -181,12 +182,16 @@ class _ClientBase:
         server_name_override: str | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
         max_attempts: int = 5,
+        load_balancing: LoadBalancing | str | None = None,
     ) -> None:
-        """target: "host:port". TLS is used when `tls` is set or any certificate is given (root_certificates: PEM
+        """target: "host:port", "dns:///name:port", or several IP "host:port" addresses (a list or comma-separated;
+        see channel_target). load_balancing: "round_robin" spreads calls over every address the target resolves to
+        (default: gRPC's pick_first, one server). TLS is used when `tls` is set or any certificate is given (root_certificates: PEM
         CA of the server, else the system's; client_certificate/client_key: for mutual TLS). token: bearer token.
         timeout: default deadline of unary calls in seconds (None: no deadline); streams have none unless asked. max_attempts: tries of a call that
         gets UNAVAILABLE (1: no retries)."""
-        self.target = target
+        self.target = channel_target(target)
+        self.load_balancing = LoadBalancing(load_balancing) if load_balancing is not None else None
         self.timeout = timeout
         if token is not None and not (token.isascii() and token.isprintable()):
             raise ValueError("The token must be printable ASCII (it travels in an HTTP/2 header).")
@@ -195,10 +200,11 @@ class _ClientBase:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
-        if max_attempts > 1:  # gRPC wants at least 2 attempts in a retry policy; 1 means "no retries"
-            self._options += [("grpc.enable_retries", 1), ("grpc.service_config", retry_service_config(max_attempts))]
-        else:
-            self._options.append(("grpc.enable_retries", 0))
+        # gRPC wants at least 2 attempts in a retry policy; 1 means "no retries"
+        self._options.append(("grpc.enable_retries", 1 if max_attempts > 1 else 0))
+        config = service_config(max_attempts, self.load_balancing)
+        if config is not None:
+            self._options.append(("grpc.service_config", config))
         if server_name_override:
             self._options.append(("grpc.ssl_target_name_override", server_name_override))
         self._credentials = None
@@ -220,12 +226,12 @@ class _ClientBase:
 class EmotionClient(_ClientBase):
     """Blocking client. Use as a context manager, or call close()."""
 
-    def __init__(self, target: str, **options: Any) -> None:
+    def __init__(self, target: str | Sequence[str], **options: Any) -> None:
         super().__init__(target, **options)
         if self._credentials is not None:
-            self.channel = grpc.secure_channel(target, self._credentials, options=self._options)
+            self.channel = grpc.secure_channel(self.target, self._credentials, options=self._options)
         else:
-            self.channel = grpc.insecure_channel(target, options=self._options)
+            self.channel = grpc.insecure_channel(self.target, options=self._options)
         self.stub = pb_grpc.EmotionClassifierStub(self.channel)
 
     def classify(
@@ -277,12 +283,12 @@ class EmotionClient(_ClientBase):
 class AsyncEmotionClient(_ClientBase):
     """asyncio client (grpc.aio). Use as an async context manager, or await close()."""
 
-    def __init__(self, target: str, **options: Any) -> None:
+    def __init__(self, target: str | Sequence[str], **options: Any) -> None:
         super().__init__(target, **options)
         if self._credentials is not None:
-            self.channel = grpc.aio.secure_channel(target, self._credentials, options=self._options)
+            self.channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
         else:
-            self.channel = grpc.aio.insecure_channel(target, options=self._options)
+            self.channel = grpc.aio.insecure_channel(self.target, options=self._options)
         self.stub = pb_grpc.EmotionClassifierStub(self.channel)
 
     async def classify(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,18 +23,12 @@ from gamjeong.artifacts import (
     verify_manifest,
 )
 from gamjeong.errors import GamjeongError
+from gamjeong.tokenization import EncodedText, ServingTokenizer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 128
-
-
-@dataclass(frozen=True)
-class EncodedText:
-    """Token ids of one text, already truncated to the predictor's max length."""
-
-    input_ids: list[int]
-    truncated: bool
+__all__ = ["DEFAULT_MAX_LENGTH", "EncodedText", "OnnxPredictor", "Predictor", "TorchPredictor", "load_predictor"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -65,6 +58,8 @@ class Predictor(ABC):
         """Fast-tokenizer encoding; a text longer than max_length is cut and flagged as truncated."""
         if not texts:
             return []
+        if isinstance(self.tokenizer, ServingTokenizer):  # tokenizer.json alone (serving: no transformers)
+            return self.tokenizer.encode_truncated(texts, self.max_length)
         enc = self.tokenizer(
             list(texts),
             truncation=True,
@@ -211,10 +206,10 @@ def load_predictor(
     """The predictor for a trained (PyTorch) or exported (ONNX) directory, chosen by what the directory holds.
 
     An exported directory is first checked against its manifest.json (sizes and sha256; `verify=False` skips this
-    for callers that already did it), so a truncated or edited model is refused with one sentence.
+    for callers that already did it), so a truncated or edited model is refused with one sentence. An exported
+    directory is served without transformers or torch: its tokenizer.json is read by the `tokenizers` library alone
+    (gamjeong.tokenization), so a serving install needs neither.
     """
-    from gamjeong.modeling import load_tokenizer, load_trained_model
-
     path = Path(model_dir).expanduser()
     if not (path / CONFIG_FILE).is_file() and not is_exported_dir(path):
         raise GamjeongError(f"'{path}' is neither a trained nor an exported gamjeong model directory.")
@@ -228,13 +223,17 @@ def load_predictor(
         manifest = verify_manifest(path) if verify else None
         provider = "auto" if device == "auto" else device
         session = create_session(path / ONNX_MODEL_FILE, provider=provider, intra_op_threads=intra_op_threads)
+        from gamjeong.tokenization import load_serving_tokenizer
+
         return OnnxPredictor(
             session,
-            load_tokenizer(path),
+            load_serving_tokenizer(path),
             precision=_onnx_precision(path, manifest),
             max_length=max_length,
             manifest=manifest,
         )
+    from gamjeong.modeling import load_trained_model  # transformers and torch: the training install only
+
     model, tokenizer = load_trained_model(path)
     if intra_op_threads:
         import torch

@@ -23,7 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from gamjeong.errors import GamjeongError
 from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.auth import BearerTokenInterceptor
-from gamjeong.server.batcher import DynamicBatcher
+from gamjeong.server.batcher import DynamicBatcher, instance_executors
+from gamjeong.server.cache import ResultCache
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server, describe_model
 from gamjeong.server.settings import ServerSettings
@@ -60,6 +61,8 @@ class GamjeongServer:
         self.metrics = ServerMetrics()
         self._predictor_factory = predictor_factory or default_predictor_factory(settings)
         self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-model")
+        # Instances 2..N (--instances): each its own session and its own thread; instance 1 uses _model_executor.
+        self._instance_executors = instance_executors(settings.instances - 1)
         # One thread: a fast tokenizer instance must not be used from two threads at once (tokenizers raises
         # "Already borrowed"); it is fast enough, and the model thread is where the time goes.
         self._tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-tokenizer")
@@ -158,9 +161,14 @@ class GamjeongServer:
     async def load_model(self) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        predictor = await loop.run_in_executor(self._model_executor, self._predictor_factory)
+        # Every instance loads and warms up in its own thread, at the same time.
+        executors = [self._model_executor, *self._instance_executors]
+        predictors = await asyncio.gather(*(loop.run_in_executor(e, self._predictor_factory) for e in executors))
+        predictor = predictors[0]
         loaded = time.perf_counter()
-        await loop.run_in_executor(self._model_executor, self._warm_up, predictor)
+        await asyncio.gather(
+            *(loop.run_in_executor(e, self._warm_up, p) for e, p in zip(executors, predictors, strict=True))
+        )
         batcher = DynamicBatcher(
             predictor,
             max_batch_size=self.settings.max_batch_size,
@@ -169,11 +177,18 @@ class GamjeongServer:
             max_queue_size=self.settings.max_queue_size,
             executor=self._model_executor,
             metrics=self.metrics,
+            more_instances=list(zip(predictors[1:], self._instance_executors, strict=True)),
         )
         batcher.start()
         self.batcher = batcher
+        self.metrics.model_instances.set(len(predictors))
         model_info = describe_model(Path(self.settings.model), predictor, self.settings)
-        self.servicer.attach(predictor, batcher, model_info)
+        cache = (
+            ResultCache(self.settings.cache_size, predictor.tokenizer, predictor.max_length, self.metrics)
+            if self.settings.cache_size > 0
+            else None
+        )
+        self.servicer.attach(predictor, batcher, model_info, cache)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -183,6 +198,8 @@ class GamjeongServer:
                 "backend": predictor.backend,
                 "execution_provider": model_info.execution_provider,
                 "max_input_length": predictor.max_length,
+                "instances": len(predictors),
+                "cache_size": self.settings.cache_size,
                 "load_s": round(loaded - started, 3),
                 "warmup_s": round(time.perf_counter() - loaded, 3),
             },
@@ -228,6 +245,8 @@ class GamjeongServer:
             await self.batcher.stop()
         self.metrics.stop_http()
         self._model_executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._instance_executors:
+            executor.shutdown(wait=False, cancel_futures=True)
         self._tokenizer_executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 

@@ -5,6 +5,11 @@ Requests put already-tokenised texts in one queue and await one future per text.
 short texts are not padded to the longest one), splits them into groups of at most `max_batch_tokens` padded tokens,
 and runs each group on the model in a one-thread executor (so the event loop keeps serving while the model runs).
 Texts whose call was cancelled or whose deadline passed are dropped before the model sees them.
+
+With several model instances (`gamjeong serve --instances N`, like Triton's instance groups) the one queue feeds N
+inference sessions, each with its own one-thread executor and intra-op threads: the collector takes the next batch as
+soon as any instance is idle, so N batches run at once. Batches still form only while every instance is busy, so one
+instance behaves exactly as before.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,8 +81,14 @@ def group_by_length(lengths: Sequence[int], max_batch_size: int, max_batch_token
     return groups
 
 
+def instance_executors(count: int) -> list[ThreadPoolExecutor]:
+    """One single-thread executor per model instance: a session runs one batch at a time, its intra-op threads do
+    the parallel work inside it."""
+    return [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gamjeong-model-{i}") for i in range(count)]
+
+
 class DynamicBatcher:
-    """Gathers texts from concurrent calls into model batches; one instance per server."""
+    """Gathers texts from concurrent calls into model batches; one per server, feeding one or more model instances."""
 
     def __init__(
         self,
@@ -89,18 +100,35 @@ class DynamicBatcher:
         max_queue_size: int,
         executor: Executor,
         metrics: ServerMetrics,
+        more_instances: Sequence[tuple[Predictor, Executor]] = (),
     ) -> None:
-        self.predictor = predictor
+        # Instance 0 is (predictor, executor); `more_instances` are the others, each its own session and thread.
+        self._predictors: list[Predictor] = [predictor, *(p for p, _ in more_instances)]
+        self._executors: list[Executor] = [executor, *(e for _, e in more_instances)]
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue_size = max_queue_size
-        self._executor = executor
         self._metrics = metrics
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._idle: asyncio.Queue[int] | None = None  # indices of idle instances (made on the loop, in start())
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def predictor(self) -> Predictor:
+        """Instance 0's predictor (the one that also tokenises); tests may swap it."""
+        return self._predictors[0]
+
+    @predictor.setter
+    def predictor(self, value: Predictor) -> None:
+        self._predictors[0] = value
+
+    @property
+    def instances(self) -> int:
+        return len(self._predictors)
 
     # --- the request side -------------------------------------------------------------------------------------
     @property
@@ -131,6 +159,10 @@ class DynamicBatcher:
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for index in range(len(self._predictors)):
+                self._idle.put_nowait(index)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._collect_forever(), name="gamjeong-batcher")
 
@@ -142,6 +174,10 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._running):  # batches still running (none after a drain): their callers are gone
+            task.cancel()
+        if self._running:
+            await asyncio.wait(self._running)
         while self._queue:
             item = self._queue.popleft()
             if not item.future.done():
@@ -192,25 +228,51 @@ class DynamicBatcher:
 
     async def _collect_forever(self) -> None:
         loop = asyncio.get_running_loop()
+        idle = self._idle
+        assert idle is not None
         while True:
-            await self._wait_for_batch()
+            # An idle instance first, then the batch: while every instance is busy, texts keep piling up in the queue
+            # and form the next (larger) batch, as they did with one model.
+            instance: int | None = await idle.get()
+            try:
+                await self._wait_for_batch()
+            except asyncio.CancelledError:
+                idle.put_nowait(instance)
+                raise
             taken = self._take()
             for indices in group_by_length(
                 [len(t.encoded.input_ids) for t in taken], self.max_batch_size, self.max_batch_tokens
             ):
+                if instance is None:
+                    instance = await idle.get()
                 # Earlier groups took time: check again just before this one runs.
                 now = loop.time()
                 group = [taken[i] for i in indices if self._is_live(taken[i], now)]
                 if group:
-                    await self._run_group(loop, group)
+                    task = loop.create_task(self._run_group(loop, group, instance))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                    instance = None
+            if instance is not None:
+                idle.put_nowait(instance)
 
-    async def _run_group(self, loop: asyncio.AbstractEventLoop, group: list[_Queued]) -> None:
+    async def _run_group(self, loop: asyncio.AbstractEventLoop, group: list[_Queued], instance: int = 0) -> None:
+        try:
+            await self._run_group_on(loop, group, instance)
+        finally:
+            if self._idle is not None:
+                self._idle.put_nowait(instance)
+
+    async def _run_group_on(self, loop: asyncio.AbstractEventLoop, group: list[_Queued], instance: int) -> None:
         started_ns = time.perf_counter_ns()
         encoded = [item.encoded for item in group]
+        predictor = self._predictors[instance]
         try:
-            probabilities = await loop.run_in_executor(self._executor, self.predictor.predict_encoded, encoded)
+            probabilities = await loop.run_in_executor(self._executors[instance], predictor.predict_encoded, encoded)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # a model failure fails this group's calls, not the server
-            log.exception("model call failed", extra={"batch_size": len(group)})
+            log.exception("model call failed", extra={"batch_size": len(group), "instance": instance})
             for item in group:
                 if not item.future.done():
                     item.future.set_exception(exc)

@@ -46,6 +46,12 @@ def serve(
         None, help="Seconds health says NOT_SERVING while calls are still served, on SIGTERM (default 3)."
     ),
     intra_op_threads: int = typer.Option(None, help="Threads per model call (default: the runtime's)."),
+    instances: int = typer.Option(
+        None, help="Model instances (inference sessions, each with --intra-op-threads) fed by the batcher (default 1)."
+    ),
+    cache_size: int = typer.Option(
+        None, help="Entries in the result cache for repeated texts, answered without queueing (default 0: off)."
+    ),
     tls_cert: Path = typer.Option(None, help="PEM server certificate (serve TLS with --tls-key)."),
     tls_key: Path = typer.Option(None, help="PEM key of the server certificate."),
     tls_client_ca: Path = typer.Option(None, help="PEM CA for client certificates (mutual TLS)."),

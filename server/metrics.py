@@ -76,6 +76,27 @@ class ServerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        # The result cache (server/cache.py, --cache-size): lookups by result, and how full it is.
+        self.cache_lookups = Counter(
+            "gamjeong_cache_lookups",
+            "Result-cache lookups by result (hit: answered without queueing; miss: went to the model).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "gamjeong_cache_evictions",
+            "Result-cache entries dropped to make room (least recently used first).",
+            registry=self.registry,
+        )
+        self.cache_entries = Gauge("gamjeong_cache_entries", "Entries in the result cache.", registry=self.registry)
+        self.cache_capacity = Gauge(
+            "gamjeong_cache_capacity", "Most entries the result cache holds (0: off).", registry=self.registry
+        )
+        self.model_instances = Gauge(
+            "gamjeong_model_instances",
+            "Model instances (inference sessions) fed by the batcher.",
+            registry=self.registry,
+        )
         self._http_server = None
 
     def serve_http(self, host: str, port: int, token: str | None = None) -> int:

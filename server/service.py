@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from gamjeong.classification import ranked_ids
@@ -24,6 +25,7 @@ from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.labels import EMOTIONS, NUM_LABELS
 from gamjeong.predictor import EncodedText, Predictor
 from gamjeong.server.batcher import DynamicBatcher, TextOutcome
+from gamjeong.server.cache import ResultCache
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.model_info import describe_model
 from gamjeong.server.settings import ServerSettings
@@ -66,7 +68,21 @@ class RequestOptions:
 
 
 def emotion_result(outcome: TextOutcome, encoded: EncodedText, tokenization_ns: int, top_k: int) -> pb.EmotionResult:
-    probabilities = outcome.probabilities
+    return _result(
+        outcome.probabilities,
+        encoded.truncated,
+        top_k,
+        pb.Timing(
+            tokenization_time_ns=tokenization_ns,
+            queue_time_ns=max(outcome.queue_time_ns, 0),
+            inference_time_ns=outcome.inference_time_ns,
+            num_tokens=len(encoded.input_ids),
+            batch_size=outcome.batch_size,
+        ),
+    )
+
+
+def _result(probabilities: np.ndarray, truncated: bool, top_k: int, timing: pb.Timing) -> pb.EmotionResult:
     ranked = ranked_ids(probabilities)  # the order `gamjeong classify` picks its label by
     if 0 < top_k < NUM_LABELS:
         ranked = ranked[:top_k]
@@ -85,14 +101,8 @@ def emotion_result(outcome: TextOutcome, encoded: EncodedText, tokenization_ns: 
             )
             for i in ranked
         ],
-        truncated=encoded.truncated,
-        timing=pb.Timing(
-            tokenization_time_ns=tokenization_ns,
-            queue_time_ns=max(outcome.queue_time_ns, 0),
-            inference_time_ns=outcome.inference_time_ns,
-            num_tokens=len(encoded.input_ids),
-            batch_size=outcome.batch_size,
-        ),
+        truncated=truncated,
+        timing=timing,
     )
 
 
@@ -171,10 +181,18 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
         self.predictor: Predictor | None = None
         self.batcher: DynamicBatcher | None = None
         self.model_info: pb.ModelInfo | None = None
+        self.cache: ResultCache | None = None
 
-    def attach(self, predictor: Predictor, batcher: DynamicBatcher, model_info: pb.ModelInfo) -> None:
-        """Called once the model is loaded and warmed up; until then every call gets UNAVAILABLE."""
-        self.predictor, self.batcher, self.model_info = predictor, batcher, model_info
+    def attach(
+        self,
+        predictor: Predictor,
+        batcher: DynamicBatcher,
+        model_info: pb.ModelInfo,
+        cache: ResultCache | None = None,
+    ) -> None:
+        """Called once the model is loaded and warmed up; until then every call gets UNAVAILABLE. The cache, when
+        there is one, was made for this predictor (its tokenizer's normaliser and max length are in every key)."""
+        self.predictor, self.batcher, self.model_info, self.cache = predictor, batcher, model_info, cache
 
     def check_ready(self) -> None:
         if self.batcher is None:
@@ -246,7 +264,39 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
         context: grpc.aio.ServicerContext,
         where: Callable[[int], str],
     ) -> list[pb.EmotionResult]:
-        """Tokenise, check truncation, queue, await: one result per text, in order."""
+        """One result per text, in order: repeated texts from the result cache (no tokenising, no queueing), the
+        others through the model."""
+        cache = self.cache
+        if cache is None:
+            return [result for result, _ in await self._classify_on_model(texts, options, context, where)]
+        keys = [cache.key(text, options.refuse_truncation) for text in texts]
+        cached = [cache.get(key) for key in keys]
+        misses = [i for i, hit in enumerate(cached) if hit is None]
+        fresh = (
+            await self._classify_on_model([texts[i] for i in misses], options, context, lambda j: where(misses[j]))
+            if misses
+            else []
+        )
+        results: list[pb.EmotionResult] = []
+        answers = iter(fresh)
+        for key, hit in zip(keys, cached, strict=True):
+            if hit is None:
+                result, probabilities = next(answers)
+                cache.put(key, probabilities, result.timing.num_tokens, result.truncated)
+                results.append(result)
+            else:
+                timing = pb.Timing(num_tokens=hit.num_tokens, cache_hit=True)
+                results.append(_result(hit.probabilities, hit.truncated, options.top_k, timing))
+        return results
+
+    async def _classify_on_model(
+        self,
+        texts: Sequence[str],
+        options: RequestOptions,
+        context: grpc.aio.ServicerContext,
+        where: Callable[[int], str],
+    ) -> list[tuple[pb.EmotionResult, np.ndarray]]:
+        """Tokenise, check truncation, queue, await: one (result, probabilities) per text, in order."""
         encoded, tokenization_ns = await self._encode(texts)
         self._check_truncation(encoded, options, where)
         futures = self._submit(encoded, context)
@@ -256,7 +306,10 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             for future in futures:  # gather cancels them too; be explicit: the batcher must drop these texts
                 future.cancel()  # type: ignore[attr-defined]
             raise
-        return [emotion_result(o, e, tokenization_ns, options.top_k) for o, e in zip(outcomes, encoded, strict=True)]
+        return [
+            (emotion_result(o, e, tokenization_ns, options.top_k), o.probabilities)
+            for o, e in zip(outcomes, encoded, strict=True)
+        ]
 
     # --- RPCs ---------------------------------------------------------------------------------------------------
     @_observed("Classify")

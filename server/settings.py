@@ -53,6 +53,14 @@ class ServerSettings(BaseSettings):
         3.0, ge=0, description="Seconds of NOT_SERVING while still serving, before new calls are refused (<= grace)."
     )
     intra_op_threads: int | None = Field(None, ge=1, description="Threads per model call (default: the runtime's).")
+    # Triton-style instance groups: N sessions, one batch each at a time, fed by the one batcher. On a many-core
+    # machine N sessions of few threads each keep more cores busy than one session of many (docs/benchmarks.md).
+    instances: int = Field(1, ge=1, le=64, description="Model instances (inference sessions) fed by the one batcher.")
+    # Off by default: a benchmark or a workload without repeats gains nothing from it, and turning it on is a choice
+    # an operator makes for a chat feed (deploy/k8s sets 10000: a few MB).
+    cache_size: int = Field(
+        0, ge=0, le=10_000_000, description="Entries in the LRU of results for repeated texts (0: off)."
+    )
 
     tls_cert: Path | None = Field(None, description="PEM server certificate (with --tls-key: serve TLS).")
     tls_key: Path | None = Field(None, description="PEM private key of the server certificate.")

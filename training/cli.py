@@ -224,6 +224,9 @@ def classify_command(
     server: str | None = typer.Option(
         None, "--server", help="HOST:PORT of a running `gamjeong serve` to classify with instead of --model."
     ),
+    lb: str | None = typer.Option(
+        None, "--lb", help="With --server: round_robin spreads calls over every address it resolves to (pick_first)."
+    ),
 ) -> None:
     """Each text's emotion (English and Korean name) with all seven probabilities."""
     from gamjeong.training.classify import (
@@ -237,7 +240,7 @@ def classify_command(
     if server is not None:  # token from GAMJEONG_AUTH_TOKEN
         from gamjeong.clients.cli import classify_on_server
 
-        results = classify_on_server(server, texts)
+        results = classify_on_server(server, texts, load_balancing=_load_balancing(lb))
     else:
         results = classify_with_model(config)
     if as_json:
@@ -246,6 +249,20 @@ def classify_command(
         from rich.console import Console
 
         render_classifications(results, Console())
+
+
+def _load_balancing(value: str | None):
+    """--lb as the clients' LoadBalancing choice; an unknown one is one sentence naming the choices."""
+    from gamjeong.clients.balancing import LoadBalancing
+    from gamjeong.errors import GamjeongError
+
+    if value is None:
+        return None
+    try:
+        return LoadBalancing(value)
+    except ValueError:
+        choices = ", ".join(c.value for c in LoadBalancing)
+        raise GamjeongError(f"Invalid value for --lb: '{value}' (choose {choices}).") from None
 
 
 def _config(config_class, **values):

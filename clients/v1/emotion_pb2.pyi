@@ -115,18 +115,20 @@ class LabelScore(_message.Message):
     def __init__(self, label_id: _Optional[int] = ..., label: _Optional[str] = ..., label_ko: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("tokenization_time_ns", "queue_time_ns", "inference_time_ns", "num_tokens", "batch_size")
+    __slots__ = ("tokenization_time_ns", "queue_time_ns", "inference_time_ns", "num_tokens", "batch_size", "cache_hit")
     TOKENIZATION_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_TIME_NS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     tokenization_time_ns: int
     queue_time_ns: int
     inference_time_ns: int
     num_tokens: int
     batch_size: int
-    def __init__(self, tokenization_time_ns: _Optional[int] = ..., queue_time_ns: _Optional[int] = ..., inference_time_ns: _Optional[int] = ..., num_tokens: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    cache_hit: bool
+    def __init__(self, tokenization_time_ns: _Optional[int] = ..., queue_time_ns: _Optional[int] = ..., inference_time_ns: _Optional[int] = ..., num_tokens: _Optional[int] = ..., batch_size: _Optional[int] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
