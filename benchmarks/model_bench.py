@@ -22,13 +22,20 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from gamjeong.artifacts import MANIFEST_FILE, ONNX_MODEL_FILE, is_exported_dir
+from gamjeong.artifacts import ONNX_MODEL_FILE, is_exported_dir
 from gamjeong.errors import GamjeongError
 from gamjeong.modeling import WEIGHT_FILES
 from gamjeong.predictor import _onnx_precision  # the one reading of an exported dir's precision (manifest)
 
 from .environment import cpu_bf16_support, environment
-from .texts import MBERT_TOKENIZER_DIR, TextSource, load_texts, texts_of_length
+from .random_models import (
+    RANDOM_MODEL_NAME,
+    build_random_model_dir,
+    export_for_benchmark,
+    export_summary,
+    random_real_size_model,
+)
+from .texts import TextSource, load_texts, texts_of_length
 
 log = logging.getLogger(__name__)
 
@@ -346,92 +353,6 @@ def _run_isolated(spec: dict[str, Any], workdir: Path, name: str) -> dict[str, A
     return json.loads(result_file.read_text(encoding="utf-8"))
 
 
-# --- building the model to measure when none is given ---------------------------------------------------------------
-
-
-def build_random_model_dir(dest: Path, texts: list[str], *, real_size: bool, tokenizer_dir: Path | None) -> str:
-    """Save a random-weight DistilBERT in the trained-dir contract; returns how its tokenizer was obtained."""
-    from gamjeong.modeling import load_tokenizer, save_random_model, train_wordpiece_tokenizer
-
-    tokenizer_dir = tokenizer_dir or (MBERT_TOKENIZER_DIR if real_size else None)
-    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
-        save_random_model(dest, load_tokenizer(tokenizer_dir), real_size=real_size, seed=0)
-        return f"tokenizer from {tokenizer_dir}"
-    if tokenizer_dir is not None and tokenizer_dir != MBERT_TOKENIZER_DIR:
-        raise GamjeongError(f"Tokenizer directory '{tokenizer_dir}' does not exist.")
-    # A WordPiece vocabulary cannot reach 119,547 words from a few thousand sentences: the tokenizer is trained
-    # on the texts, and the embedding matrix keeps the real vocabulary size so that size and speed stay real.
-    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=8000 if real_size else 2000, model_max_length=512)
-    save_random_model(dest, tokenizer, real_size=real_size, seed=0, vocab_size=119_547 if real_size else None)
-    return "tokenizer trained on the benchmark texts" + (
-        f" ({MBERT_TOKENIZER_DIR} was missing; the embeddings keep the real 119,547-word size)" if real_size else ""
-    )
-
-
-def export_for_benchmark(
-    model_dir: Path, dest: Path, precision: str, *, random_weights: bool, progress: Callable[[str], None]
-) -> Path:
-    """`gamjeong export` of the trained dir to fp32 ("none") or int8 ONNX; an existing complete export is reused.
-
-    With random weights the parity gate is forced open (the predictions mean nothing, only the timing does); the
-    parity figures are still recorded in the export's manifest, and the benchmark measures agreement itself.
-    """
-    from gamjeong.export.exporter import ExportConfig, export_model
-
-    if random_weights and (dest / ONNX_MODEL_FILE).is_file() and (dest / MANIFEST_FILE).is_file():
-        progress(f"reusing the {precision} export in {dest}")
-        return dest
-    progress(f"exporting {model_dir} to {precision} ONNX in {dest}")
-    config = ExportConfig(
-        model=model_dir,
-        output=dest,
-        quantize="none" if precision == "fp32" else precision,  # type: ignore[arg-type]
-        force=random_weights,
-        overwrite=True,
-    )
-    return export_model(config, report=progress)
-
-
-def _export_summary(model_dir: Path) -> dict[str, Any] | None:
-    from gamjeong.artifacts import read_manifest
-
-    if not (model_dir / MANIFEST_FILE).is_file():
-        return None
-    manifest = read_manifest(model_dir)
-    return {
-        "quantization": manifest["quantization"],
-        "optimization": manifest.optimization,
-        "target": manifest.target.name,
-        "export_parity_argmax_agreement": manifest.parity.argmax_agreement,
-        "forced": manifest.forced,
-    }
-
-
-RANDOM_MODEL_NAME = "random-distilbert-base-multilingual-cased"
-
-
-def random_real_size_model(
-    cache_dir: Path, texts: list[str], tokenizer_dir: Path | None, progress: Callable[[str], None]
-) -> tuple[Path, str]:
-    """The real-size random-weight trained dir in the cache (built once); returns it and how its tokenizer was had."""
-    model_dir = cache_dir / RANDOM_MODEL_NAME / "model"
-    how_file = model_dir / "HOW.txt"
-    if not (model_dir / "model.safetensors").is_file() or not how_file.is_file():
-        progress(f"building the real-size random-weight model in {model_dir}")
-        how = build_random_model_dir(model_dir, texts, real_size=True, tokenizer_dir=tokenizer_dir)
-        how_file.write_text(how + "\n", encoding="utf-8")
-    return model_dir, how_file.read_text(encoding="utf-8").strip()
-
-
-def random_real_size_export(
-    cache_dir: Path, texts: list[str], tokenizer_dir: Path | None, precision: str, progress: Callable[[str], None]
-) -> Path:
-    """That model exported to `precision` ONNX in the cache (exported once)."""
-    model_dir, _ = random_real_size_model(cache_dir, texts, tokenizer_dir, progress)
-    dest = cache_dir / RANDOM_MODEL_NAME / f"onnx-{precision}"
-    return export_for_benchmark(model_dir, dest, precision, random_weights=True, progress=progress)
-
-
 # --- the whole run --------------------------------------------------------------------------------------------------
 
 
@@ -531,7 +452,7 @@ def run_model_benchmark(
             entry |= {k: v for k, v in result.items() if k != "rows"}
             entry["size_on_disk_mb"] = _size_on_disk_mb(plan.model_dir, plan.loader)  # type: ignore[arg-type]
             if plan.loader == "onnx":
-                entry["export"] = _export_summary(plan.model_dir)  # type: ignore[arg-type]
+                entry["export"] = export_summary(plan.model_dir)  # type: ignore[arg-type]
             backends.append(entry)
             rows += result["rows"]
 

@@ -16,15 +16,10 @@ throughput at the highest concurrency are given as ratios to those.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,13 +30,13 @@ from gamjeong.errors import GamjeongError
 
 from .environment import environment
 from .model_bench import default_cache_dir
+from .server_process import batch_delta, free_port, scrape_batch_sizes, started_server, wait_until_serving
 from .texts import load_texts
 
 Mode = Literal["unary", "stream", "chat", "http"]
 MODES: tuple[str, ...] = ("unary", "stream", "chat", "http")
 # What runs when --modes is not given (docs/benchmarks.md's tables): the gRPC modes; `http` is asked for by name.
 DEFAULT_MODES: tuple[str, ...] = ("unary", "stream", "chat")
-HEALTH_SERVICE = "gamjeong.v1.EmotionClassifier"
 # A refused call (e.g. RESOURCE_EXHAUSTED from a full queue) is counted, and its client waits this long before the next
 # one, as a real client backs off: an instant retry loop would only burn the CPU the server needs.
 ERROR_BACKOFF_S = 0.1
@@ -152,129 +147,6 @@ def measure_raw(
     del predictor
     gc.collect()
     return result
-
-
-# --- starting a server -----------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _health_status(target: str) -> str | None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(target) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=2
-            )
-        except grpc.RpcError:
-            return None
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-
-def wait_until_serving(
-    target: str, timeout_s: float, process: subprocess.Popen | None = None, log: Path | None = None
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:] if log else []
-            raise GamjeongError(f"The server exited with code {process.returncode} before serving: {' | '.join(tail)}")
-        if _health_status(target) == "SERVING":
-            return
-        time.sleep(0.5)
-    raise GamjeongError(f"The server at {target} did not report SERVING within {timeout_s:.0f} s; see its log.")
-
-
-@contextlib.contextmanager
-def started_server(
-    model_dir: Path, config: ServerBenchConfig, log: Path, http_port: int | None = None
-) -> Iterator[tuple[str, str]]:
-    """`gamjeong serve` in a subprocess on free ports (and `--http-port http_port` if given); yields (target,
-    metrics address); SIGTERM on exit."""
-    port, metrics_port = _free_port(), _free_port()
-    command = [
-        sys.executable, "-m", "gamjeong.cli", "serve", "--model", str(model_dir), "--backend", config.backend,
-        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
-        "--log-format", "text", "--log-level", "warning",
-    ]  # fmt: skip
-    if config.threads:
-        command += ["--intra-op-threads", str(config.threads)]
-    if config.max_batch_size:
-        command += ["--max-batch-size", str(config.max_batch_size)]
-    if config.max_wait_ms is not None:
-        command += ["--max-wait-ms", str(config.max_wait_ms)]
-    if http_port is not None:
-        command += ["--http-port", str(http_port)]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    target = f"127.0.0.1:{port}"
-    with log.open("w", encoding="utf-8") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_until_serving(target, config.startup_timeout_s, process, log)
-            yield target, f"127.0.0.1:{metrics_port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-# --- metrics ---------------------------------------------------------------------------------------------------------
-
-
-def scrape_batch_sizes(metrics: str | None) -> dict[str, float] | None:
-    """Cumulative `gamjeong_batch_size` histogram buckets ({le: count}) plus `_count` and `_sum`; None if unreachable."""
-    if not metrics:
-        return None
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as response:
-            text = response.read().decode("utf-8")
-    except OSError:
-        return None
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != "gamjeong_batch_size":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_bucket"):
-                values[sample.labels["le"]] = sample.value
-            elif sample.name.endswith("_count"):
-                values["_count"] = sample.value
-            elif sample.name.endswith("_sum"):
-                values["_sum"] = sample.value
-    return values or None
-
-
-def _batch_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:
-    if before is None or after is None:
-        return None
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-    calls = delta.get("_count", 0.0)
-    buckets: dict[str, int] = {}
-    previous, lower = 0.0, 1
-    for le in sorted((k for k in delta if not k.startswith("_")), key=lambda k: float(k)):
-        upper = float(le)
-        name = (
-            f"{lower}+" if upper == float("inf") else (f"{int(upper)}" if lower >= upper else f"{lower}-{int(upper)}")
-        )
-        buckets[name] = int(delta[le] - previous)  # cumulative counts -> texts-per-call range
-        previous = delta[le]
-        lower = int(upper) + 1 if upper != float("inf") else lower
-    return {
-        "model_calls": int(calls),
-        "mean_batch_size": round(delta.get("_sum", 0.0) / calls, 2) if calls else None,
-        "batch_size_buckets": {k: v for k, v in buckets.items() if v},
-    }
 
 
 # --- closed-loop load -----------------------------------------------------------------------------------------------
@@ -514,7 +386,7 @@ def measure_server(
                     **_latency_summary(tally.latencies),
                     "requests_per_s": round(len(tally.latencies) / elapsed, 2),
                     "texts_per_s": round(tally.texts / elapsed, 2),
-                    "batches": _batch_delta(before, after),
+                    "batches": batch_delta(before, after),
                     "load_average_after": [round(x, 2) for x in os.getloadavg()],
                 }
             )
@@ -581,7 +453,7 @@ def run_server_benchmark(
     if random_weights:
         # No server and no model given: the real-size random-weight model of `bench model`, as PyTorch fp32 and as
         # ONNX int8 (built and exported into the cache once), so PyTorch and ONNX are compared end to end.
-        from .model_bench import random_real_size_export, random_real_size_model
+        from .random_models import random_real_size_export, random_real_size_model
 
         cache = default_cache_dir()
         trained, _ = random_real_size_model(cache, texts, None, progress)
@@ -602,7 +474,7 @@ def run_server_benchmark(
             assert model_dir is not None
             progress(f"starting `gamjeong serve --model {model_dir}`")
             log = config.output / f"server-{model_dir.name}.log"
-            http_port = _free_port() if "http" in config.modes else None
+            http_port = free_port() if "http" in config.modes else None
             with started_server(model_dir, config, log, http_port) as (started_target, metrics):
                 http = None if http_port is None else f"127.0.0.1:{http_port}"
                 server, server_rows = measure_server(started_target, metrics, config, texts, progress, http)

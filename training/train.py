@@ -7,7 +7,6 @@ cross-validation and the trained model directory (see gamjeong/artifacts.py) tha
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -15,63 +14,22 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from gamjeong.artifacts import CONFIG_FILE, METRICS_FILE, SPLITS_DIR, TEST_SPLIT, VALIDATION_SPLIT
 from gamjeong.errors import GamjeongError
 from gamjeong.labels import EMOTIONS, NUM_LABELS
-from gamjeong.modeling import DEFAULT_BASE_MODEL
+from gamjeong.training.config import TrainConfig
+from gamjeong.training.model_card import model_card, training_library_versions
 
 log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "class_weights_for", "train"]
 
 CHECKPOINTS_DIR = "checkpoints"  # Trainer's working folder inside --output; removed after a successful run
 TRAIN_SPLIT = "train.csv"
 MODEL_CARD_FILE = "README.md"
-
-
-class TrainConfig(BaseModel):
-    """Everything `gamjeong train` needs; the CLI flags map one to one onto these fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path  # a file, or a folder with train / dev (validation) / test files
-    output: Path
-    eval_data: Path | None = None
-    test_data: Path | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    encoding: str | None = None
-    base_model: str = DEFAULT_BASE_MODEL
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs
-    # Train for this many minutes instead: the step count is planned from the measured step time (training/budget.py);
-    # epochs / max_steps then only bound it from above.
-    time_budget_minutes: float | None = Field(None, gt=0)
-    batch_size: int = Field(32, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_length: int = Field(128, ge=8, le=8192)
-    seed: int = 42
-    class_weights: Literal["auto", "none"] = "auto"
-    early_stopping_patience: int = Field(3, ge=0)  # evaluations without improvement; 0 turns early stopping off
-    folds: int | None = Field(None, ge=2)  # K-fold cross-validation on train+validation before the final run
-    # Multilingual vocabularies make the word embeddings most of the model (96M of e5-small's 118M parameters):
-    # freezing them halves a CPU step (no AdamW update of that matrix) and keeps rare-token vectors pretrained.
-    freeze_embeddings: bool = False
-    eval_steps: int | None = Field(None, ge=1)  # default: once per epoch (or once at the end of a shorter run)
-    logging_steps: int | None = Field(None, ge=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on a GPU, fp32 on a CPU
-    resume_from_checkpoint: str | None = None  # a checkpoint folder, or "last" for the newest one in --output
-    keep_checkpoints: bool = False
-    overwrite: bool = False
-    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(0.1, gt=0, lt=0.5)
-    progress: bool = True
 
 
 @dataclass
@@ -357,80 +315,6 @@ def _cross_validate(config: TrainConfig, tokenizer, splits, work_dir: Path) -> d
     }
 
 
-def _library_versions() -> dict[str, str]:
-    from gamjeong.versions import library_versions
-
-    packages = ("gamjeong", "torch", "transformers", "tokenizers", "accelerate", "scikit-learn", "numpy", "pandas")
-    return library_versions(packages)  # type: ignore[return-value]
-
-
-def _model_card(config: TrainConfig, splits, metrics: dict, training: dict, cross_validation: dict | None) -> str:
-    counts = splits.class_counts()
-    names = list(counts)
-    lines = [
-        "# gamjeong emotion classifier",
-        "",
-        f"Korean emotion classification into seven classes, fine-tuned from `{config.base_model}` with `gamjeong train`.",
-        "",
-        "## Data",
-        "",
-        f"Source: `{config.data}`. Splits: {splits.split_note}.",
-        "",
-        "| class | " + " | ".join(names) + " |",
-        "|---|" + "---:|" * len(names),
-    ]
-    for emotion in EMOTIONS:
-        lines.append(
-            f"| {emotion.id} {emotion.name} {emotion.name_ko} | "
-            + " | ".join(str(counts[n][emotion.name]) for n in names)
-            + " |"
-        )
-    lines.append("| total | " + " | ".join(str(sum(counts[n].values())) for n in names) + " |")
-    lines += ["", "Cleaning (rows dropped per file):", ""]
-    lines += [f"- {split}: {report.summary()}" for split, report in splits.files.items()]
-    lines += [f"- {what}: {count}" for what, count in splits.overlap.items()]
-    hyper = config.model_dump(mode="json", exclude={"progress", "overwrite", "keep_checkpoints"})
-    lines += ["", "## Hyper-parameters", "", "```json", json.dumps(hyper, indent=2, ensure_ascii=False), "```", ""]
-    lines += [
-        "## Training",
-        "",
-        f"- steps: {training['global_step']} ({training['epochs_completed']:.2f} epochs), "
-        f"best checkpoint: {training['best_checkpoint']} (validation macro-F1 {training['best_validation_macro_f1']})",
-        f"- stopped early: {training['stopped_early']}; wall time {training['train_runtime_s']:.0f} s on {training['device']}",
-        "",
-        f"## Metrics ({metrics['split']} split, {metrics['num_examples']} texts)",
-        "",
-        f"Accuracy **{metrics['accuracy']:.4f}**, macro-F1 **{metrics['macro_f1']:.4f}**, weighted F1 {metrics['weighted_f1']:.4f}.",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for emotion in EMOTIONS:
-        row = metrics["per_class"][emotion.name]
-        lines.append(
-            f"| {emotion.name} {emotion.name_ko} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"
-        )
-    if cross_validation:
-        lines += [
-            "",
-            f"Cross-validation ({cross_validation['folds']} folds): accuracy {cross_validation['accuracy']['mean']:.4f} "
-            f"± {cross_validation['accuracy']['std']:.4f}, macro-F1 {cross_validation['macro_f1']['mean']:.4f} "
-            f"± {cross_validation['macro_f1']['std']:.4f}.",
-        ]
-    lines += ["", "## Library versions", ""]
-    lines += [f"- {name} {version}" for name, version in training["library_versions"].items()]
-    lines += [
-        "",
-        "## Files",
-        "",
-        "config.json, model.safetensors and the tokenizer files (model_max_length = --max-length) load with "
-        "`transformers`; metrics.json, classification_report.txt, confusion_matrix.png, training_curves.png; "
-        f"{SPLITS_DIR}/ holds the exact train/validation/test rows used.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def _prepare_output(config: TrainConfig) -> Path:
     output = config.output.expanduser()
     if output.exists() and not output.is_dir():
@@ -525,7 +409,7 @@ def train(config: TrainConfig) -> Path:
         "class_weights": class_weights_for(splits.train["label"].to_numpy()).round(4).tolist()
         if config.class_weights == "auto"
         else None,
-        "library_versions": _library_versions(),
+        "library_versions": training_library_versions(),
     }
     extra = {
         "training": training,
@@ -537,7 +421,7 @@ def train(config: TrainConfig) -> Path:
     write_evaluation_report(output, metrics, extra=extra, title=f"{split} split ({len(evaluated)} texts)")
     plot_training_curves(state.log_history, output / TRAINING_CURVES_FILE)
     (output / MODEL_CARD_FILE).write_text(
-        _model_card(config, splits, metrics, training, cross_validation), encoding="utf-8"
+        model_card(config, splits, metrics, training, cross_validation), encoding="utf-8"
     )
     if not config.keep_checkpoints:
         shutil.rmtree(work_dir, ignore_errors=True)
