@@ -92,6 +92,7 @@ class GamjeongServer:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+                *self._connection_age_options(),
             ],
         )
         add_to_server(self.servicer, server)  # its deserializers turn malformed bytes into INVALID_ARGUMENT
@@ -150,6 +151,14 @@ class GamjeongServer:
                 "metrics_port": self.metrics_port,
             },
         )
+
+    def _connection_age_options(self) -> list[tuple[str, int]]:
+        if self.settings.max_connection_age_s is None:
+            return []
+        return [
+            ("grpc.max_connection_age_ms", int(self.settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(self.settings.max_connection_age_grace_s * 1000)),
+        ]
 
     async def _start_http(self) -> None:
         from gamjeong.server.http import HttpServer  # FastAPI and uvicorn are imported only when HTTP is on

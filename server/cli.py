@@ -41,6 +41,12 @@ def serve(
     max_length: int = typer.Option(None, help="Max input tokens (default: the tokenizer's, at most 512)."),
     truncation: str = typer.Option(None, help="Default for over-long texts: truncate | refuse."),
     max_message_bytes: int = typer.Option(None, help="Largest gRPC message (default 16 MiB)."),
+    max_connection_age_s: float = typer.Option(
+        None, help="Close client connections after this long (GOAWAY), so load-balancing clients re-resolve."
+    ),
+    max_connection_age_grace_s: float = typer.Option(
+        None, help="Time calls in flight keep on a connection closed by --max-connection-age-s (default 30)."
+    ),
     grace_s: float = typer.Option(None, help="Seconds from SIGTERM/SIGINT to exit, drain included (default 10)."),
     drain_s: float = typer.Option(
         None, help="Seconds health says NOT_SERVING while calls are still served, on SIGTERM (default 3)."

@@ -46,6 +46,15 @@ class ServerSettings(BaseSettings):
     max_length: int | None = Field(None, ge=2, description="Max input tokens (default: the tokenizer's, <= 512).")
     truncation: TruncationPolicy = Field("truncate", description="Default for texts over the token limit.")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest gRPC message in or out.")
+    # Client-side load balancing (round_robin over a headless Service) finds new pods only when a client re-resolves
+    # the name, which gRPC does when a connection ends: closing connections after a while (GOAWAY; calls in flight
+    # get max_connection_age_grace_s to finish, then clients reconnect transparently) lets scale-ups take load.
+    max_connection_age_s: float | None = Field(
+        None, gt=0, description="Close each client connection after this many seconds (GOAWAY; unset: never)."
+    )
+    max_connection_age_grace_s: float = Field(
+        30.0, ge=0, description="Time calls in flight keep on a connection closed by max_connection_age_s."
+    )
     grace_s: float = Field(10.0, ge=0, description="Seconds from SIGTERM/SIGINT to exit, the drain included.")
     # Load balancers and Kubernetes readiness probes poll every few seconds: the drain gives them time to see
     # NOT_SERVING and move traffic away while the server still answers.

@@ -129,3 +129,32 @@ def test_targets_and_service_config() -> None:
     assert service_config(1, None) is None
     with pytest.raises(ValueError):
         EmotionClient("127.0.0.1:1", load_balancing="random")
+
+
+async def test_connections_are_closed_after_max_connection_age_and_calls_carry_on(tiny_int8_dir: Path) -> None:
+    """New pods behind a headless Service are found when clients re-resolve, which happens when a connection ends:
+    --max-connection-age-s ends them (GOAWAY) and the client reconnects without a failed call."""
+    from gamjeong.predictor import load_predictor
+    from gamjeong.server.app import GamjeongServer
+    from gamjeong.server.settings import load_settings
+
+    predictor = load_predictor(tiny_int8_dir)
+    settings = load_settings(
+        model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, max_connection_age_s=0.3,
+        max_connection_age_grace_s=5,
+    )  # fmt: skip
+    assert GamjeongServer(settings)._connection_age_options() == [
+        ("grpc.max_connection_age_ms", 300),
+        ("grpc.max_connection_age_grace_ms", 5000),
+    ]
+    server = GamjeongServer(settings, predictor_factory=lambda: predictor)
+    await server.start()
+    try:
+        async with AsyncEmotionClient(f"127.0.0.1:{server.port}", max_attempts=1) as client:
+            answered = []
+            for i in range(8):  # 8 calls over ~1.2 s: several connection ages of 0.3 s, retries off
+                answered += await client.classify([f"문장 {i}"])
+                await asyncio.sleep(0.15)
+    finally:
+        await server.stop(0)
+    assert len(answered) == 8
