@@ -50,9 +50,9 @@ test: setup node-deps
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-# Regenerate the gRPC stubs in clients/v1 from protos/ (a test fails when they are stale).
+# Regenerate the gRPC stubs in gamjeong/api/v1 from protos/ (a test fails when they are stale).
 protos: setup
-	$(PY) -m gamjeong.clients.codegen
+	$(PY) -m gamjeong.api.codegen
 
 clean:
 	rm -rf $(VENV) build *.egg-info

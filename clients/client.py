@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import grpc
 
+from gamjeong.api.v1 import emotion_pb2 as pb
+from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.clients.balancing import SERVICE_NAME, LoadBalancing, channel_target, retry_service_config, service_config
-from gamjeong.clients.v1 import emotion_pb2 as pb
-from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 
 __all__ = [
     "SERVICE_NAME",

@@ -12,8 +12,8 @@ import json
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.artifacts import CONFIG_FILE, Manifest, evaluated_dirs, find_manifest, read_metrics
-from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.labels import EMOTIONS
 from gamjeong.predictor import Predictor
 from gamjeong.server.settings import ServerSettings

@@ -19,9 +19,9 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from gamjeong.api.v1 import emotion_pb2 as pb
+from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.classification import ranked_ids
-from gamjeong.clients.v1 import emotion_pb2 as pb
-from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.labels import EMOTIONS, NUM_LABELS
 from gamjeong.predictor import EncodedText, Predictor
 from gamjeong.server.batcher import DynamicBatcher, TextOutcome

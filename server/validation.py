@@ -6,7 +6,7 @@ import unicodedata
 
 import grpc
 
-from gamjeong.clients.v1 import emotion_pb2 as pb
+from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.server.status import RequestError
 
 # Longest chat id and conversation id, in UTF-8 bytes: both are echoed in every result, so an unbounded one would let

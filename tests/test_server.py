@@ -16,9 +16,9 @@ from conftest import KOREAN_SENTENCES
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from gamjeong.api.v1 import emotion_pb2 as pb
+from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.clients import AsyncEmotionClient, ChatMessage
-from gamjeong.clients.v1 import emotion_pb2 as pb
-from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.errors import GamjeongError
 from gamjeong.labels import LABEL_NAMES, LABEL_NAMES_KO
 from gamjeong.predictor import Predictor, load_predictor

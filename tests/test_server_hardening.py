@@ -16,9 +16,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gamjeong.api.v1 import emotion_pb2 as pb
+from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.clients import AsyncEmotionClient
-from gamjeong.clients.v1 import emotion_pb2 as pb
-from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.app import GamjeongServer
 from gamjeong.server.settings import load_settings

@@ -17,8 +17,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
-from gamjeong.clients.v1 import emotion_pb2 as pb
-from gamjeong.clients.v1 import emotion_pb2_grpc as pb_grpc
+from gamjeong.api.v1 import emotion_pb2 as pb
+from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
 
 
 def test_serve_documents_the_metrics_host_and_the_drain() -> None:

@@ -1,9 +1,9 @@
-"""Generate the Python gRPC stubs in clients/v1 from protos/ (`make protos` runs `python -m gamjeong.clients.codegen`).
+"""Generate the Python gRPC stubs in gamjeong/api/v1 from protos/ (`make protos` runs `python -m gamjeong.api.codegen`).
 
 grpc_tools.protoc with `-I protos` writes `from gamjeong.v1 import emotion_pb2` style imports (the proto package is
-`gamjeong.v1`); the stubs live in the Python package `gamjeong.clients.v1`, so those imports are rewritten here. The
-generated files are committed; tests/test_client_codegen.py regenerates them into a temporary directory and fails when
-the committed ones are stale.
+`gamjeong.v1`); the stubs live in the Python package `gamjeong.api.v1` (shared by the server and the clients), so those
+imports are rewritten here. The generated files are committed; tests/test_client_codegen.py regenerates them into a
+temporary directory and fails when the committed ones are stale.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from pathlib import Path
 
 from gamjeong.errors import GamjeongError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO_ROOT / "protos"
 PROTO_PACKAGE_DIR = Path("gamjeong") / "v1"  # proto package gamjeong.v1, relative to PROTO_ROOT
 STUBS_DIR = Path(__file__).resolve().parent / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")
 
-# `from gamjeong.v1 import x_pb2` / `import gamjeong.v1.x_pb2` -> the gamjeong.clients.v1 package.
+# `from gamjeong.v1 import x_pb2` / `import gamjeong.v1.x_pb2` -> the gamjeong.api.v1 package.
 _IMPORT_PATTERNS = (
-    (re.compile(r"^from gamjeong\.v1 import ", re.MULTILINE), "from gamjeong.clients.v1 import "),
-    (re.compile(r"^import gamjeong\.v1\.", re.MULTILINE), "import gamjeong.clients.v1."),
+    (re.compile(r"^from gamjeong\.v1 import ", re.MULTILINE), "from gamjeong.api.v1 import "),
+    (re.compile(r"^import gamjeong\.v1\.", re.MULTILINE), "import gamjeong.api.v1."),
 )
 
 
@@ -79,7 +79,9 @@ def generate(output_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=STUBS_DIR, help="Where to write the stubs (default clients/v1).")
+    parser.add_argument(
+        "--output", type=Path, default=STUBS_DIR, help="Where to write the stubs (default gamjeong/api/v1)."
+    )
     args = parser.parse_args(argv)
     try:
         if args.output.resolve() == STUBS_DIR:

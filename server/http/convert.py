@@ -11,8 +11,8 @@ from typing import Any, Literal
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
+from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.artifacts import PARITY_FILE, evaluated_dirs, find_manifest, read_metrics
-from gamjeong.clients.v1 import emotion_pb2 as pb
 from gamjeong.labels import NUM_LABELS
 
 TRUNCATION: dict[str | None, int] = {

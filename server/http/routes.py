@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gamjeong.clients.v1 import emotion_pb2 as pb
+from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.server.auth import bearer_problem
 from gamjeong.server.http.context import HttpError, call_unary
 from gamjeong.server.http.convert import TRUNCATION, ClassifyBody, ClassifyJson, ErrorJson, info_json, model_quality

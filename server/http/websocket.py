@@ -26,7 +26,7 @@ from fastapi import WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from gamjeong.clients.v1 import emotion_pb2 as pb
+from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.server.http.context import CallAborted, HttpCallContext, HttpError
 from gamjeong.server.http.convert import TRUNCATION, ChatMessageBody, chat_json
 from gamjeong.server.http.routes import ServingState

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from gamjeong.clients.v1 import emotion_pb2 as gamjeong_dot_v1_dot_emotion__pb2
+from gamjeong.api.v1 import emotion_pb2 as gamjeong_dot_v1_dot_emotion__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
