@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from gamjeong.choices import Device, Isolation, Runtime
 from gamjeong.errors import GamjeongError, flag_error
 
 bench_app = typer.Typer(
@@ -51,10 +52,11 @@ def model_command(
     output: Path = typer.Option(Path("bench-results/model"), help="Folder for results.json, results.md, latency.png."),
     quick: bool = typer.Option(False, help="Tiny model, one batch size and length, a few iterations."),
     threads: int | None = typer.Option(None, min=1, help="Intra-op threads for PyTorch and ONNX Runtime."),
-    isolation: str = typer.Option(
-        "subprocess", help="subprocess (each backend alone: clean memory and load time) or inprocess."
+    isolation: Isolation = typer.Option(
+        Isolation.subprocess,
+        help="subprocess: each backend alone (clean memory and load time); inprocess: one process.",
     ),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: Device = typer.Option(Device.auto, help="auto: CUDA when PyTorch sees a GPU."),
 ) -> None:
     """Latency, throughput, memory and agreement of PyTorch and ONNX Runtime backends over a batch × length grid."""
     from pydantic import ValidationError
@@ -113,7 +115,7 @@ def server_command(
         help="Model directory: start `gamjeong serve` on it (repeat to compare servers); with --target, "
         "the directory that server serves, for the raw-predictor comparison.",
     ),
-    backend: str = typer.Option("auto", help="auto, pytorch or onnx: --backend of the started server and the raw run."),
+    backend: Runtime = typer.Option(Runtime.auto, help="--backend of the started server and of the raw run."),
     concurrencies: str | None = typer.Option(None, help="Comma-separated client counts [default: 1,16,64]."),
     modes: str | None = typer.Option(
         None, help="Comma-separated: unary, stream, chat, http (HTTP/JSON) [default: unary,stream,chat]."

@@ -1,4 +1,5 @@
-"""`gamjeong serve`: the gRPC server. Every flag can also be set as a GAMJEONG_* environment variable."""
+"""`gamjeong serve`: the gRPC server. Every flag is a ServerSettings field (server/settings.py, where its description and
+default are written) and can also be set as a GAMJEONG_* environment variable."""
 
 from __future__ import annotations
 
@@ -6,66 +7,57 @@ from pathlib import Path
 
 import typer
 
+from gamjeong.choices import Device, LogFormat, LogLevel, Runtime, Truncation
+from gamjeong.server.settings import ServerSettings
+
+
+def _help(name: str) -> str:
+    """A flag's help: its setting's description and default, written once on ServerSettings, and its variable."""
+    field = ServerSettings.model_fields[name]
+    default = field.default
+    shown = "" if field.is_required() or default is None else f" Default: {default}."
+    return f"{field.description}{shown} [GAMJEONG_{name.upper()}]"
+
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
 def serve(
-    model: Path = typer.Option(
-        None, "--model", "-m", help="Exported (ONNX) or trained model directory. [GAMJEONG_MODEL]"
-    ),
-    backend: str = typer.Option(
-        None, help="auto | pytorch | onnx (auto: ONNX for an exported dir). [GAMJEONG_BACKEND]"
-    ),
-    device: str = typer.Option(None, help="auto | cpu | cuda. [GAMJEONG_DEVICE]"),
-    host: str = typer.Option(None, help="Listen address (default [::]). [GAMJEONG_HOST]"),
-    port: int = typer.Option(None, help="gRPC port (default 50051; 0 picks a free one). [GAMJEONG_PORT]"),
-    metrics_port: int = typer.Option(None, help="Prometheus port (default 9464; -1 off). [GAMJEONG_METRICS_PORT]"),
-    metrics_host: str = typer.Option(None, help="Prometheus listen address (default: --host). [GAMJEONG_METRICS_HOST]"),
-    http_port: int = typer.Option(
-        None, help="HTTP/JSON + WebSocket + web page port (off unless given; 0 picks a free one). [GAMJEONG_HTTP_PORT]"
-    ),
-    cors_origin: str = typer.Option(
-        None, help="Comma-separated origins allowed to call the HTTP API from a browser (CORS; off by default)."
-    ),
-    max_batch_size: int = typer.Option(None, help="Most texts per model call (default 32)."),
-    max_batch_tokens: int = typer.Option(None, help="Most padded tokens per model call (default 8192)."),
-    max_wait_ms: float = typer.Option(
-        None, help="Wait this long for more texts before running a partial batch (default 0)."
-    ),
-    max_texts_per_request: int = typer.Option(None, help="Most texts per Classify call (default 64)."),
-    max_stream_texts: int = typer.Option(None, help="Most texts per ClassifyStream call (default 100000)."),
-    max_queue_size: int = typer.Option(None, help="Most queued texts before RESOURCE_EXHAUSTED (default 1024)."),
-    max_text_chars: int = typer.Option(None, help="Most characters per text (default 10000)."),
-    max_length: int = typer.Option(None, help="Max input tokens (default: the tokenizer's, at most 512)."),
-    truncation: str = typer.Option(None, help="Default for over-long texts: truncate | refuse."),
-    max_message_bytes: int = typer.Option(None, help="Largest gRPC message (default 16 MiB)."),
-    max_connection_age_s: float = typer.Option(
-        None, help="Close client connections after this long (GOAWAY), so load-balancing clients re-resolve."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=_help("model"), show_default=False),
+    backend: Runtime = typer.Option(None, help=_help("backend"), show_default=False),
+    device: Device = typer.Option(None, help=_help("device"), show_default=False),
+    host: str = typer.Option(None, help=_help("host"), show_default=False),
+    port: int = typer.Option(None, help=_help("port"), show_default=False),
+    metrics_port: int = typer.Option(None, help=_help("metrics_port"), show_default=False),
+    metrics_host: str = typer.Option(None, help=_help("metrics_host"), show_default=False),
+    http_port: int = typer.Option(None, help=_help("http_port"), show_default=False),
+    cors_origin: str = typer.Option(None, help=_help("cors_origin"), show_default=False),
+    max_batch_size: int = typer.Option(None, help=_help("max_batch_size"), show_default=False),
+    max_batch_tokens: int = typer.Option(None, help=_help("max_batch_tokens"), show_default=False),
+    max_wait_ms: float = typer.Option(None, help=_help("max_wait_ms"), show_default=False),
+    max_texts_per_request: int = typer.Option(None, help=_help("max_texts_per_request"), show_default=False),
+    max_stream_texts: int = typer.Option(None, help=_help("max_stream_texts"), show_default=False),
+    max_queue_size: int = typer.Option(None, help=_help("max_queue_size"), show_default=False),
+    max_text_chars: int = typer.Option(None, help=_help("max_text_chars"), show_default=False),
+    max_length: int = typer.Option(None, help=_help("max_length"), show_default=False),
+    truncation: Truncation = typer.Option(None, help=_help("truncation"), show_default=False),
+    max_message_bytes: int = typer.Option(None, help=_help("max_message_bytes"), show_default=False),
+    max_connection_age_s: float = typer.Option(None, help=_help("max_connection_age_s"), show_default=False),
     max_connection_age_grace_s: float = typer.Option(
-        None, help="Time calls in flight keep on a connection closed by --max-connection-age-s (default 30)."
+        None, help=_help("max_connection_age_grace_s"), show_default=False
     ),
-    grace_s: float = typer.Option(None, help="Seconds from SIGTERM/SIGINT to exit, drain included (default 10)."),
-    drain_s: float = typer.Option(
-        None, help="Seconds health says NOT_SERVING while calls are still served, on SIGTERM (default 3)."
-    ),
-    intra_op_threads: int = typer.Option(None, help="Threads per model call (default: the runtime's)."),
-    instances: int = typer.Option(
-        None, help="Model instances (inference sessions, each with --intra-op-threads) fed by the batcher (default 1)."
-    ),
-    cache_size: int = typer.Option(
-        None, help="Entries in the result cache for repeated texts, answered without queueing (default 0: off)."
-    ),
-    tls_cert: Path = typer.Option(None, help="PEM server certificate (serve TLS with --tls-key)."),
-    tls_key: Path = typer.Option(None, help="PEM key of the server certificate."),
-    tls_client_ca: Path = typer.Option(None, help="PEM CA for client certificates (mutual TLS)."),
-    auth_token: str = typer.Option(
-        None, help="Bearer token every call must carry; prefer the GAMJEONG_AUTH_TOKEN variable."
-    ),
-    log_format: str = typer.Option(None, help="json | text (default json)."),
-    log_level: str = typer.Option(None, help="debug | info | warning | error (default info)."),
+    grace_s: float = typer.Option(None, help=_help("grace_s"), show_default=False),
+    drain_s: float = typer.Option(None, help=_help("drain_s"), show_default=False),
+    intra_op_threads: int = typer.Option(None, help=_help("intra_op_threads"), show_default=False),
+    instances: int = typer.Option(None, help=_help("instances"), show_default=False),
+    cache_size: int = typer.Option(None, help=_help("cache_size"), show_default=False),
+    tls_cert: Path = typer.Option(None, help=_help("tls_cert"), show_default=False),
+    tls_key: Path = typer.Option(None, help=_help("tls_key"), show_default=False),
+    tls_client_ca: Path = typer.Option(None, help=_help("tls_client_ca"), show_default=False),
+    auth_token: str = typer.Option(None, help=_help("auth_token"), show_default=False),
+    log_format: LogFormat = typer.Option(None, help=_help("log_format"), show_default=False),
+    log_level: LogLevel = typer.Option(None, help=_help("log_level"), show_default=False),
 ) -> None:
     """Serve a model over gRPC with dynamic batching, health, reflection and Prometheus metrics."""
     import asyncio
@@ -74,8 +66,41 @@ def serve(
     from gamjeong.server.logs import structured_logging
     from gamjeong.server.settings import load_settings
 
-    flags = dict(locals())
-    settings = load_settings(**{k: v for k, v in flags.items() if k in _SETTING_NAMES})
+    # A flag not given is None: the GAMJEONG_* variable, else the setting's default, applies.
+    settings = load_settings(
+        model=model,
+        backend=backend,
+        device=device,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        http_port=http_port,
+        cors_origin=cors_origin,
+        max_batch_size=max_batch_size,
+        max_batch_tokens=max_batch_tokens,
+        max_wait_ms=max_wait_ms,
+        max_texts_per_request=max_texts_per_request,
+        max_stream_texts=max_stream_texts,
+        max_queue_size=max_queue_size,
+        max_text_chars=max_text_chars,
+        max_length=max_length,
+        truncation=truncation,
+        max_message_bytes=max_message_bytes,
+        max_connection_age_s=max_connection_age_s,
+        max_connection_age_grace_s=max_connection_age_grace_s,
+        grace_s=grace_s,
+        drain_s=drain_s,
+        intra_op_threads=intra_op_threads,
+        instances=instances,
+        cache_size=cache_size,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        auth_token=auth_token,
+        log_format=log_format,
+        log_level=log_level,
+    )
     with structured_logging(settings.log_format, settings.log_level):
         asyncio.run(GamjeongServer(settings).serve_until_signalled())
     _exit_now()
