@@ -16,6 +16,7 @@ import pytest
 import websockets
 from conftest import KOREAN_SENTENCES
 from test_server import GatedPredictor, until
+from test_server_security import pki  # noqa: F401  (the throwaway CA and certificates of the gRPC TLS tests)
 
 from gamjeong.clients import AsyncEmotionClient, ChatMessage
 from gamjeong.labels import LABEL_NAMES
@@ -390,6 +391,29 @@ def test_model_quality_says_untrained_only_with_evidence(tmp_path: Path) -> None
         "untrained": False,
         "quality_source": "parity.json",
     }
+
+
+async def test_the_http_port_serves_the_grpc_ports_tls_and_mutual_tls(make_server, pki) -> None:  # noqa: F811
+    import ssl
+
+    body = {"texts": ["오늘 정말 행복해요"]}
+    server = await make_server(tls_cert=pki["server_cert"], tls_key=pki["server_key"])
+    trusting = ssl.create_default_context(cafile=str(pki["ca"]))
+    async with httpx.AsyncClient(base_url=f"https://localhost:{server.http_port}", verify=trusting) as web:
+        assert (await web.post("/v1/classify", json=body)).status_code == 200
+    async with httpx.AsyncClient(base_url=f"https://localhost:{server.http_port}") as web:
+        with pytest.raises(httpx.ConnectError):  # a client that does not trust the server's CA
+            await web.get("/healthz")
+
+    mutual = await make_server(tls_cert=pki["server_cert"], tls_key=pki["server_key"], tls_client_ca=pki["ca"])
+    url = f"https://localhost:{mutual.http_port}"
+    async with httpx.AsyncClient(base_url=url, verify=trusting) as web:
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+            await web.get("/healthz")  # no client certificate
+    with_certificate = ssl.create_default_context(cafile=str(pki["ca"]))
+    with_certificate.load_cert_chain(str(pki["client_cert"]), str(pki["client_key"]))
+    async with httpx.AsyncClient(base_url=url, verify=with_certificate) as web:
+        assert (await web.post("/v1/classify", json=body)).status_code == 200
 
 
 def test_settings_read_the_http_port_from_the_environment(monkeypatch, tmp_path) -> None:
