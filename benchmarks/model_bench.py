@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, field_validator
 from gamjeong.artifacts import ONNX_MODEL_FILE, is_exported_dir
 from gamjeong.errors import GamjeongError
 from gamjeong.modeling import WEIGHT_FILES
-from gamjeong.predictor import _onnx_precision  # the one reading of an exported dir's precision (manifest)
+from gamjeong.onnx_runtime import graph_precision  # what the predictor reads too: the graph, not the manifest
 
 from .environment import cpu_bf16_support, environment
 from .random_models import (
@@ -43,6 +43,15 @@ PYTORCH_BACKENDS = ("pytorch-fp32", "pytorch-bf16", "pytorch-fp16")
 ONNX_BACKENDS = ("onnx-fp32", "onnx-int8", "onnx-fp16")
 KNOWN_BACKENDS = PYTORCH_BACKENDS + ONNX_BACKENDS
 REFERENCE_BACKEND = "pytorch-fp32"
+
+
+def backend_parts(name: str) -> tuple[str, str]:
+    """(runtime, precision) of a --backends name such as "onnx-int8" or "pytorch-bf16-cuda" (the suffix only says
+    where it ran): the one place these names are taken apart."""
+    runtime, precision = name.removesuffix("-cuda").split("-", 1)
+    return runtime, precision
+
+
 RANDOM_WEIGHTS_NOTE = "random weights: timing only"
 DISTINCT_BATCHES = 4  # different texts in successive timed batches, so no cache makes a repeat cheaper
 
@@ -144,7 +153,7 @@ def plan_backends(
     onnx_by_name: dict[str, Path] = {}
     for path in onnx_dirs:
         # onnxruntime here is the CPU build unless onnxruntime-gpu is installed: the predictor names what it ran on.
-        name = f"onnx-{_onnx_precision(path)}"
+        name = f"onnx-{graph_precision(path / ONNX_MODEL_FILE)}"
         if name in onnx_by_name:
             raise GamjeongError(f"Two exported directories are both {name}: '{onnx_by_name[name]}' and '{path}'.")
         onnx_by_name[name] = path
@@ -160,7 +169,7 @@ def plan_backends(
     plans: list[BackendPlan] = []
     for name in requested:
         if name in PYTORCH_BACKENDS:
-            dtype = name.split("-")[1]
+            dtype = backend_parts(name)[1]
             plan = BackendPlan(name=name + suffix, model_dir=model_dir, loader="pytorch", torch_dtype=dtype)  # type: ignore[arg-type]
             if model_dir is None:
                 plan.skip_reason = "no trained model directory (--model) to run PyTorch on"
@@ -174,7 +183,7 @@ def plan_backends(
             continue
         plan = BackendPlan(name=name, loader="onnx", model_dir=onnx_by_name.get(name))
         if plan.model_dir is None:
-            precision = name.split("-")[1]
+            precision = backend_parts(name)[1]
             if precision == "fp16" and not cuda:
                 plan.skip_reason = "ONNX fp16 is for CUDA; no GPU was available"
             elif model_dir is not None and export_onnx is not None:
