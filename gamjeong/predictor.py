@@ -10,7 +10,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -24,6 +24,12 @@ from gamjeong.artifacts import (
 )
 from gamjeong.errors import GamjeongError
 from gamjeong.tokenization import EncodedText, ServingTokenizer
+
+if TYPE_CHECKING:  # imported where they are used: a serving install has no torch or transformers
+    import onnxruntime
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    Tokenizer = PreTrainedTokenizerBase | ServingTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ class Predictor(ABC):
     precision: str = "fp32"  # "fp32", "bf16", "fp16" or "int8": read this, never parse `backend`
     manifest: Manifest | None = None  # an exported directory's verified manifest.json
 
-    def __init__(self, tokenizer, max_length: int | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_length: int | None = None) -> None:
         self.tokenizer = tokenizer
         limit = getattr(tokenizer, "model_max_length", None) or DEFAULT_MAX_LENGTH
         if limit > 100_000:  # transformers' "no limit" sentinel
@@ -119,8 +125,8 @@ class TorchPredictor(Predictor):
 
     def __init__(
         self,
-        model,
-        tokenizer,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
         device: str = "auto",
@@ -157,8 +163,8 @@ class OnnxPredictor(Predictor):
 
     def __init__(
         self,
-        session,
-        tokenizer,
+        session: onnxruntime.InferenceSession,
+        tokenizer: Tokenizer,
         *,
         precision: str = "fp32",
         max_length: int | None = None,
