@@ -120,6 +120,9 @@ def test_server_answered_every_rpc(quickstart_run) -> None:
     assert serve["demo_right"] == sum(r["label"] == r["expected"] for r in serve["classify"])
     assert all(r["label"] in LABEL_NAMES and r["caveat"] == UNTRAINED_MARK for r in serve["classify"])
     assert serve["stream_results"] == serve["stream_texts"] == 100
+    assert (
+        serve["web_page"].startswith("http://127.0.0.1:") and f"web page and HTTP/JSON API: {serve['web_page']}" in text
+    )
     assert [r["id"] for r in serve["chat_replies"]] == ["m0", "m1", "m2", "m3"]
     assert all(r["ok"] and r["label"] in LABEL_NAMES for r in serve["chat_replies"])
     flat = " ".join(text.split())
@@ -143,7 +146,8 @@ def test_bench_stage_compares_pytorch_and_onnx(quickstart_run) -> None:
 def test_summary_says_where_and_how_to_serve_again(quickstart_run) -> None:
     output, text, _ = quickstart_run
     flat = " ".join(text.split())
-    assert f"gamjeong serve --model {output / 'onnx-int8'}" in flat
+    assert f"gamjeong serve --model {output / 'onnx-int8'} --port 50051 --http-port 8080" in flat
+    assert "open the web page: http://localhost:8080/" in flat
     assert "gamjeong classify --server localhost:50051" in flat
 
 

@@ -66,7 +66,8 @@ def print_summary(summary: dict[str, Any], out: Path, ui: StageDisplay) -> None:
     commands = []
     if export_dir:
         commands += [
-            ("serve it", f"gamjeong serve --model {export_dir} --port 50051"),
+            ("serve it", f"gamjeong serve --model {export_dir} --port 50051 --http-port 8080"),
+            ("open the web page", "http://localhost:8080/"),
             ("call it", 'gamjeong classify --server localhost:50051 "오늘 정말 행복해요"'),
             ("chat with it", "gamjeong chat --server localhost:50051"),
         ]
@@ -159,7 +160,10 @@ def _run_stages(
             try:
                 with ui.working("starting the gRPC server (loading and warming up the model)"):
                     target = server.start()
+                page = f"http://127.0.0.1:{server.http_port}/"
+                ui.say(f"web page and HTTP/JSON API: {page} (while this stage runs; see the summary for later)")
                 stages["serve"] = call_server(target, prediction_caveat(untrained, budget), ui)
+                stages["serve"]["web_page"] = page
             finally:
                 server.stop()
             ui.say(f"server on {target} stopped")

@@ -42,11 +42,13 @@ class BackgroundServer:
             device="cpu",
             host="127.0.0.1",
             port=0,
+            http_port=0,  # the web page and HTTP/JSON API beside gRPC, on a free port too
             metrics_port=-1,
             log_format="text",
             log_level="warning",
         )
         self.port: int | None = None
+        self.http_port: int | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -64,7 +66,7 @@ class BackgroundServer:
         server = GamjeongServer(self.settings)
         try:
             await server.start()
-            self.port = server.port
+            self.port, self.http_port = server.port, server.http_port
         except BaseException as exc:
             self._error = exc
             self._ready.set()
