@@ -171,7 +171,8 @@ def chat_texts(count: int, seed: int = 0) -> list[str]:
 def _run_load(model: Path, extra: Sequence[str], texts: Sequence[str], concurrency: int) -> dict[str, float]:
     proc, port, _ = start_server(model, ["--drain-s", "0", *extra])
     try:
-        return asyncio.run(_drive(port, texts, concurrency))
+        result = asyncio.run(_drive(port, texts, concurrency))
+        return {**result, "rss_after_mib": round(rss_mib(proc.pid), 1)}
     finally:
         stop_server(proc)
 
@@ -208,17 +209,78 @@ def measure_cache(model: Path, count: int, concurrency: int, cache_size: int) ->
     }
 
 
+def measure_sessions(model: Path, texts_per_run: int, batch: int) -> dict[str, object]:
+    """The model alone, no server: the same batches through 1 session x 2 threads (with and without ONNX Runtime's
+    spin-waiting) and 2 sessions x 1 thread (one Python thread each), to tell the layouts apart without the server."""
+    import threading
+
+    from gamjeong.onnx_runtime import create_session
+    from gamjeong.predictor import load_predictor
+
+    predictor = load_predictor(model)
+    encoded = predictor.encode(bench_texts(texts_per_run))
+    batches = [encoded[i : i + batch] for i in range(0, len(encoded), batch)]
+
+    def session(threads: int, spinning: bool = True):
+        import onnxruntime as ort
+
+        if spinning:
+            return create_session(model / "model.onnx", provider="cpu", intra_op_threads=threads)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(model / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"])
+
+    def run(sessions: list) -> float:
+        predictors = []
+        for s in sessions:
+            p = load_predictor(model)
+            p.session = s
+            predictors.append(p)
+        for p in predictors:
+            p.predict_encoded(batches[0])  # warm-up
+        work = list(batches)
+        lock = threading.Lock()
+
+        def worker(p) -> None:
+            while True:
+                with lock:
+                    if not work:
+                        return
+                    item = work.pop()
+                p.predict_encoded(item)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(p,)) for p in predictors]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return round(len(encoded) / (time.perf_counter() - started), 1)
+
+    rows = {
+        "1 session x 1 thread": run([session(1)]),
+        "1 session x 2 threads": run([session(2)]),
+        "1 session x 2 threads, no spinning": run([session(2, spinning=False)]),
+        "2 sessions x 1 thread": run([session(1), session(1)]),
+    }
+    return {"model": str(model), "batch": batch, "texts_per_s": rows, "load_average": os.getloadavg()}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["startup", "instances", "cache"])
+    parser.add_argument("what", choices=["startup", "instances", "cache", "sessions"])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--texts", type=int, default=600)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--cache-size", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args(argv)
     if args.what == "startup":
         result = measure_startup(args.model, args.runs)
+    elif args.what == "sessions":
+        result = measure_sessions(args.model, args.texts, args.batch)
     elif args.what == "instances":
         result = measure_instances(args.model, args.texts, args.concurrency)
     else:
