@@ -1,1 +1,7 @@
-"""gamjeong.benchmarks: PyTorch vs ONNX model benchmarks and end-to-end server benchmarks."""
+"""gamjeong.benchmarks: PyTorch vs ONNX model benchmarks and end-to-end server benchmarks (`gamjeong bench`).
+
+model_bench.py (the backend grid), random_models.py (the random-weight model and its exports when none is given),
+server_bench.py (closed-loop load on a server), server_process.py (a `gamjeong serve` subprocess and its metrics),
+texts.py (real Korean inputs of exact token lengths), environment.py, report.py (results.json/md and charts), cli.py.
+Everything runs through gamjeong.predictor and gamjeong.clients, the same code the server and its users run.
+"""

@@ -58,11 +58,12 @@ def export_for_benchmark(
 
 
 def export_summary(model_dir: Path) -> dict[str, Any] | None:
-    from gamjeong.artifacts import read_manifest
+    """What the export's manifest says about it (None for a directory without one)."""
+    from gamjeong.artifacts import find_manifest
 
-    if not (model_dir / MANIFEST_FILE).is_file():
+    manifest = find_manifest(model_dir)
+    if manifest is None:
         return None
-    manifest = read_manifest(model_dir)
     return {
         "quantization": manifest["quantization"],
         "optimization": manifest.optimization,

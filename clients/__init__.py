@@ -1,4 +1,9 @@
-"""gamjeong.clients: generated gRPC stubs (v1/) and friendly Python clients."""
+"""gamjeong.clients: friendly Python clients of the gRPC server (EmotionClient, AsyncEmotionClient), `gamjeong chat`
+and the remote side of `gamjeong classify --server`.
+
+The stubs they use are gamjeong.api.v1, generated from protos/ and shared with the server; gamjeong.clients.v1 is kept
+as an alias of it for code written against the old place.
+"""
 
 from gamjeong.clients.client import (
     AsyncEmotionClient,

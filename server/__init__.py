@@ -8,5 +8,6 @@ Modules: settings (the one ServerSettings object: flags and GAMJEONG_* variables
 three classifying RPCs share), service (the EmotionClassifier servicer: validation, limits, status codes), auth
 (bearer-token interceptor), metrics (Prometheus, on its own port), app (life cycle: listen -> load and warm up ->
 SERVING -> graceful shutdown on SIGTERM/SIGINT), logs (JSON log lines), cli (`gamjeong serve`).
-The API reference is protos/gamjeong/v1/emotion.proto; Python clients are in gamjeong.clients.
+The API reference is protos/gamjeong/v1/emotion.proto; the stubs are gamjeong.api.v1 (the server does not import
+gamjeong.clients, the Python clients).
 """
