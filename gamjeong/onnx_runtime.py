@@ -86,6 +86,7 @@ def create_session(
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
     graph_optimization: GraphOptimization = "all",
+    intra_op_spinning: bool | None = None,
 ):
     """An InferenceSession with the providers, thread counts and graph optimisation level chosen here.
 
@@ -115,6 +116,11 @@ def create_session(
         options.intra_op_num_threads = intra_op_threads
     if inter_op_threads:
         options.inter_op_num_threads = inter_op_threads
+    if intra_op_spinning is not None:
+        # Idle intra-op threads spin-wait for the next operator by default. On busy or CPU-limited cores that spinning
+        # takes the CPU the other threads need (measured: 1 session x 2 threads 67 -> 119 texts/s without it on 2 shared
+        # cores, docs/benchmarks.md); None keeps ONNX Runtime's default.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if intra_op_spinning else "0")
     providers = choose_providers(provider)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

@@ -208,6 +208,7 @@ def load_predictor(
     intra_op_threads: int | None = None,
     max_length: int | None = None,
     verify: bool = True,
+    intra_op_spinning: bool | None = None,
 ) -> Predictor:
     """The predictor for a trained (PyTorch) or exported (ONNX) directory, chosen by what the directory holds.
 
@@ -228,7 +229,12 @@ def load_predictor(
             raise GamjeongError(f"'{path}' has no {ONNX_MODEL_FILE}; run `gamjeong export` on it first.")
         manifest = verify_manifest(path) if verify else None
         provider = "auto" if device == "auto" else device
-        session = create_session(path / ONNX_MODEL_FILE, provider=provider, intra_op_threads=intra_op_threads)
+        session = create_session(
+            path / ONNX_MODEL_FILE,
+            provider=provider,
+            intra_op_threads=intra_op_threads,
+            intra_op_spinning=intra_op_spinning,
+        )
         from gamjeong.tokenization import load_serving_tokenizer
 
         return OnnxPredictor(

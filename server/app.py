@@ -48,6 +48,7 @@ def default_predictor_factory(settings: ServerSettings) -> Callable[[], Predicto
             device=settings.device,
             intra_op_threads=settings.intra_op_threads,
             max_length=settings.max_length,
+            intra_op_spinning=settings.intra_op_spinning,
         )
 
     return load

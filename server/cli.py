@@ -50,6 +50,11 @@ def serve(
     grace_s: float = typer.Option(None, help=_help("grace_s"), show_default=False),
     drain_s: float = typer.Option(None, help=_help("drain_s"), show_default=False),
     intra_op_threads: int = typer.Option(None, help=_help("intra_op_threads"), show_default=False),
+    intra_op_spinning: bool = typer.Option(
+        None,
+        "--intra-op-spinning/--no-intra-op-spinning",
+        help="ONNX Runtime's idle threads spin-wait (default on); off saves CPU on shared or CPU-limited cores.",
+    ),
     instances: int = typer.Option(None, help=_help("instances"), show_default=False),
     cache_size: int = typer.Option(None, help=_help("cache_size"), show_default=False),
     tls_cert: Path = typer.Option(None, help=_help("tls_cert"), show_default=False),

@@ -62,6 +62,9 @@ class ServerSettings(BaseSettings):
         3.0, ge=0, description="Seconds of NOT_SERVING while still serving, before new calls are refused (<= grace)."
     )
     intra_op_threads: int | None = Field(None, ge=1, description="Threads per model call (default: the runtime's).")
+    intra_op_spinning: bool = Field(
+        True, description="Let ONNX Runtime's idle intra-op threads spin-wait (off: less CPU on shared cores)."
+    )
     # Triton-style instance groups: N sessions, one batch each at a time, fed by the one batcher. On a many-core
     # machine N sessions of few threads each keep more cores busy than one session of many (docs/benchmarks.md).
     instances: int = Field(1, ge=1, le=64, description="Model instances (inference sessions) fed by the one batcher.")
