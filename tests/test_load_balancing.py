@@ -119,6 +119,15 @@ def test_the_classify_command_takes_lb(two_servers) -> None:
     assert bad.exit_code == 2 and "round_robin" in bad.output
 
 
+def test_the_chat_command_takes_lb(two_servers) -> None:
+    from gamjeong.cli import app
+
+    target = ",".join(f"127.0.0.1:{port}" for port, _ in two_servers)
+    result = CliRunner().invoke(app, ["chat", "--server", target, "--lb", "round_robin"], input="헐\nㅋㅋㅋ\n")
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.output.splitlines()] == ["1", "2"]
+
+
 def test_targets_and_service_config() -> None:
     assert channel_target("dns:///gamjeong-headless.ml.svc.cluster.local:50051").startswith("dns:///")
     assert channel_target(["10.0.0.1:50051", "10.0.0.2:50051"]) == "ipv4:10.0.0.1:50051,10.0.0.2:50051"
