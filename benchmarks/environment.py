@@ -1,4 +1,5 @@
-"""What the numbers were measured on: CPU, thread counts, library versions, date. Recorded with every result."""
+"""What the numbers were measured on (CPU, thread counts, library versions, date), recorded with every result; and the
+process memory the model benchmark reads."""
 
 from __future__ import annotations
 
@@ -42,6 +43,23 @@ def library_versions() -> dict[str, str | None]:
     from gamjeong.versions import library_versions as installed_versions
 
     return installed_versions(_LIBRARIES, python=False, keep_missing=True)
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MiB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float | None:
+    """VmHWM: this process's peak resident memory. (ru_maxrss is not used: it keeps the parent's peak across exec.)"""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 def environment(threads: int | None) -> dict[str, object]:

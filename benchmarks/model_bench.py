@@ -27,7 +27,7 @@ from gamjeong.errors import GamjeongError
 from gamjeong.modeling import WEIGHT_FILES
 from gamjeong.onnx_runtime import graph_precision  # what the predictor reads too: the graph, not the manifest
 
-from .environment import cpu_bf16_support, environment
+from .environment import cpu_bf16_support, environment, peak_rss_mb, rss_mb
 from .random_models import (
     RANDOM_MODEL_NAME,
     build_random_model_dir,
@@ -200,22 +200,6 @@ def plan_backends(
 # --- measuring one backend (in this process or in a worker subprocess) ---------------------------------------------
 
 
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _peak_rss_mb() -> float | None:
-    """VmHWM: this process's peak resident memory. (ru_maxrss is not used: it keeps the parent's peak across exec.)"""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
 def _size_on_disk_mb(model_dir: Path, loader: str) -> float:
     if loader == "onnx":
         files = [model_dir / ONNX_MODEL_FILE, *model_dir.glob("*.onnx_data"), *model_dir.glob("*.onnx.data")]
@@ -254,7 +238,7 @@ def measure_backend(spec: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
     from transformers import AutoTokenizer  # noqa: F401
 
     import_s = time.perf_counter() - started
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     started = time.perf_counter()
     predictor = load_predictor(
         spec["model_dir"],
@@ -265,7 +249,7 @@ def measure_backend(spec: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
         max_length=max(cell["seq_len"] for cell in spec["cells"]),
     )
     load_s = time.perf_counter() - started
-    rss_loaded = _rss_mb()
+    rss_loaded = rss_mb()
     default_max_length = predictor.max_length
     rows = []
     for cell in spec["cells"]:
@@ -298,7 +282,7 @@ def measure_backend(spec: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
         )
     predictor.max_length = default_max_length
     probabilities = predictor.predict_proba(spec["agreement_texts"], batch_size=32)
-    rss_after = _rss_mb()
+    rss_after = rss_mb()
     if isinstance(predictor, OnnxPredictor):
         configured = predictor.session.get_session_options().intra_op_num_threads
         thread_info = {"onnxruntime_intra_op_threads": configured or "default (one per physical core)"}
@@ -319,7 +303,7 @@ def measure_backend(spec: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
         "rss_after_load_mb": round(rss_loaded, 1),
         "rss_delta_mb": round(rss_after - rss_before, 1),
         # the whole process's peak: only this backend's when it ran in its own subprocess
-        "peak_rss_mb": round(peak, 1) if isolated and (peak := _peak_rss_mb()) is not None else None,
+        "peak_rss_mb": round(peak, 1) if isolated and (peak := peak_rss_mb()) is not None else None,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "threads": thread_info,
         "rows": rows,
