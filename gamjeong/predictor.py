@@ -220,6 +220,10 @@ def load_predictor(
     path = Path(model_dir).expanduser()
     if not (path / CONFIG_FILE).is_file() and not is_exported_dir(path):
         raise GamjeongError(f"'{path}' is neither a trained nor an exported gamjeong model directory.")
+    if (path / CONFIG_FILE).is_file():
+        from gamjeong.modeling import check_trained_model_dir
+
+        check_trained_model_dir(path)  # our seven labels: a foreign model is refused before anything else
     require_tokenizer(path)  # before the (slow) model load: a missing tokenizer is one sentence, not a traceback
     use_onnx = backend == "onnx" or (backend == "auto" and is_exported_dir(path))
     if use_onnx:
