@@ -21,3 +21,8 @@ def library_versions(
             if keep_missing:
                 versions[package] = None
     return versions
+
+
+def gamjeong_version() -> str:
+    """The installed gamjeong's version, as the server reports it ("unknown" when it is not installed)."""
+    return library_versions(("gamjeong",), python=False, keep_missing=True)["gamjeong"] or "unknown"

@@ -17,18 +17,10 @@ from gamjeong.artifacts import CONFIG_FILE, Manifest, evaluated_dirs, find_manif
 from gamjeong.labels import EMOTIONS
 from gamjeong.predictor import Predictor
 from gamjeong.server.settings import ServerSettings
+from gamjeong.versions import gamjeong_version
 
 # A Hugging Face Hub id: "name" or "org/name", letters, digits and -_. only.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gamjeong")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def public_name(value: str) -> str:
@@ -94,5 +86,5 @@ def describe_model(model_dir: Path, predictor: Predictor, settings: ServerSettin
             default_truncation=pb.TRUNCATION_REFUSE if settings.truncation == "refuse" else pb.TRUNCATION_TRUNCATE,
             max_message_bytes=settings.max_message_bytes,
         ),
-        version=_version(),
+        version=gamjeong_version(),
     )

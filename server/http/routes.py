@@ -26,6 +26,7 @@ from gamjeong.server.http.convert import result_json as to_json
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.service import EmotionClassifierServicer
 from gamjeong.server.settings import ServerSettings
+from gamjeong.versions import gamjeong_version
 
 STATIC_DIR = Path(__file__).parent / "static"
 TIMEOUT_HEADER = "x-request-timeout"  # seconds; the HTTP counterpart of a gRPC deadline
@@ -137,7 +138,7 @@ def create_app(state: ServingState) -> FastAPI:
     app = FastAPI(
         title="gamjeong (감정) HTTP API",
         summary="Korean text -> one of seven emotions; the same service as gamjeong.v1.EmotionClassifier over gRPC.",
-        version=_version(),
+        version=gamjeong_version(),
         docs_url=None,
         redoc_url=None,
     )
@@ -232,12 +233,3 @@ def create_app(state: ServingState) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", TIMEOUT_HEADER],
         )
     return app
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gamjeong")
-    except PackageNotFoundError:
-        return "unknown"
