@@ -225,6 +225,10 @@ def _fit(
         callbacks=callbacks,
         class_weights=weights,
     )
+    if not config.progress:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # without a progress bar the Trainer prints every log dict instead
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     runtime = time.perf_counter() - started
