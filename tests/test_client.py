@@ -3,7 +3,6 @@ its own event loop in a background thread (the blocking client must not block th
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,39 +16,12 @@ from typer.testing import CliRunner
 from gamjeong.clients import ChatMessage, EmotionClient
 from gamjeong.labels import LABEL_NAMES
 from gamjeong.predictor import Predictor, load_predictor
-from gamjeong.server.app import GamjeongServer
+from gamjeong.server.background import BackgroundServer
 from gamjeong.server.service import RequestError
 from gamjeong.server.settings import load_settings
 
 TEXTS = [t for texts in KOREAN_SENTENCES.values() for t in texts]
 TOLERANCE = 1e-4  # dynamic int8: see tests/test_server.py
-
-
-class ThreadedServer:
-    """A GamjeongServer on an event loop of its own thread."""
-
-    def __init__(self, model_dir: Path, predictor: Predictor, **overrides: object) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
-        self.thread.start()
-        settings = load_settings(model=model_dir, host="127.0.0.1", port=0, metrics_port=-1, **overrides)
-
-        async def start() -> GamjeongServer:
-            server = GamjeongServer(settings, predictor_factory=lambda: predictor)
-            await server.start()
-            return server
-
-        self.server = self.run(start())
-        self.target = f"127.0.0.1:{self.server.port}"
-
-    def run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
-
-    def close(self) -> None:
-        self.run(self.server.stop(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +30,19 @@ def predictor(tiny_int8_dir: Path) -> Predictor:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_int8_dir: Path, predictor: Predictor) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(tiny_int8_dir, predictor)
+def served(tiny_int8_dir: Path, predictor: Predictor) -> Iterator[BackgroundServer]:
+    settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1)
+    server = BackgroundServer(settings, predictor_factory=lambda: predictor)
+    server.start()
     yield server
-    server.close()
+    server.stop(0)
 
 
 def vector(scores: dict[str, float]) -> np.ndarray:
     return np.array([scores[name] for name in LABEL_NAMES])
 
 
-def test_blocking_client_classify_stream_chat_and_model_info(served: ThreadedServer, predictor: Predictor) -> None:
+def test_blocking_client_classify_stream_chat_and_model_info(served: BackgroundServer, predictor: Predictor) -> None:
     with EmotionClient(served.target) as client:
         results = client.classify(TEXTS[:4])
         streamed = list(client.classify_stream(TEXTS))
@@ -84,7 +58,7 @@ def test_blocking_client_classify_stream_chat_and_model_info(served: ThreadedSer
     assert info.quantization == "int8" and info.max_input_length == predictor.max_length
 
 
-def test_unavailable_is_retried_by_the_channel_retry_policy(served: ThreadedServer) -> None:
+def test_unavailable_is_retried_by_the_channel_retry_policy(served: BackgroundServer) -> None:
     servicer = served.server.servicer
     attempts: list[int] = []
 
@@ -115,7 +89,7 @@ def test_unavailable_is_retried_by_the_channel_retry_policy(served: ThreadedServ
         del servicer.check_ready  # back to the class's method
 
 
-def test_client_deadline(served: ThreadedServer) -> None:
+def test_client_deadline(served: BackgroundServer) -> None:
     gate = threading.Event()
     batcher = served.server.batcher
     assert batcher is not None
@@ -144,7 +118,7 @@ def test_client_deadline(served: ThreadedServer) -> None:
         batcher.predictor = real
 
 
-def test_chat_command_prints_each_emotion_in_order(served: ThreadedServer) -> None:
+def test_chat_command_prints_each_emotion_in_order(served: BackgroundServer) -> None:
     from gamjeong.cli import app
 
     result = CliRunner().invoke(app, ["chat", "--server", served.target], input="오늘 정말 행복해요\n\n너무 무서워요\n")
@@ -177,7 +151,7 @@ class socket_bound_then_closed:
         return None
 
 
-def test_classify_command_with_server_matches_the_server(served: ThreadedServer) -> None:
+def test_classify_command_with_server_matches_the_server(served: BackgroundServer) -> None:
     import json
 
     from gamjeong.cli import app

@@ -22,7 +22,7 @@ from gamjeong.quickstart.plan import (
     base_model_available,
 )
 from gamjeong.quickstart.run import register, run_quickstart
-from gamjeong.quickstart.serve import DEMO_LABELS, DEMO_TEXTS, BackgroundServer
+from gamjeong.quickstart.serve import DEMO_LABELS, DEMO_TEXTS
 
 __all__ = [
     "BUDGETS",
@@ -31,7 +31,6 @@ __all__ = [
     "OFFLINE_BASE_MODEL",
     "SUMMARY_FILE",
     "UNTRAINED_MARK",
-    "BackgroundServer",
     "QuickstartConfig",
     "TrainingBudget",
     "base_model_available",

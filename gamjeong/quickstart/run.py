@@ -28,7 +28,7 @@ from gamjeong.quickstart.plan import (
     TrainingBudget,
     choose_base,
 )
-from gamjeong.quickstart.serve import BackgroundServer, call_server, prediction_caveat
+from gamjeong.quickstart.serve import background_server, call_server, prediction_caveat
 from gamjeong.quickstart.stages import (
     BASE_MODEL_DIR,
     BENCH_DIR,
@@ -156,7 +156,7 @@ def _run_stages(
         stages["quality"] = quality_stage(export_dir, stages["data"]["heldout"], untrained, ui)
     if config.serve:
         with ui.stage("serve", "gRPC server: Classify, ClassifyStream, ClassifyChat"):
-            server = BackgroundServer(export_dir)
+            server = background_server(export_dir)
             try:
                 with ui.working("starting the gRPC server (loading and warming up the model)"):
                     target = server.start()

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from gamjeong.errors import GamjeongError
 from gamjeong.quickstart.plan import UNTRAINED_MARK, TrainingBudget
 
 if TYPE_CHECKING:
     from gamjeong.quickstart.display import StageDisplay
+    from gamjeong.server.background import BackgroundServer
 
 # Sentences sent to the server: one per emotion in everyday registers (none of them is in the sample set).
 DEMO_TEXTS = (
@@ -30,64 +28,23 @@ DEMO_TEXTS = (
 DEMO_LABELS = ("joy", "sadness", "anger", "fear", "surprise", "disgust", "neutral")
 
 
-class BackgroundServer:
-    """The gRPC server (gamjeong.server) on its own event loop in a background thread, on a free local port."""
+def background_server(model_dir: Path) -> BackgroundServer:
+    """The server on the exported model, on free local ports, in a thread of its own (the demo's client blocks)."""
+    from gamjeong.server.background import BackgroundServer
+    from gamjeong.server.settings import load_settings
 
-    def __init__(self, model_dir: Path) -> None:
-        from gamjeong.server.settings import load_settings
-
-        # The int8 model is served where it was made for: the CPU (even when onnxruntime-gpu is installed).
-        self.settings = load_settings(
-            model=model_dir,
-            device="cpu",
-            host="127.0.0.1",
-            port=0,
-            http_port=0,  # the web page and HTTP/JSON API beside gRPC, on a free port too
-            metrics_port=-1,
-            log_format="text",
-            log_level="warning",
-        )
-        self.port: int | None = None
-        self.http_port: int | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="gamjeong-quickstart-server", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        from gamjeong.server.app import GamjeongServer
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        server = GamjeongServer(self.settings)
-        try:
-            await server.start()
-            self.port, self.http_port = server.port, server.http_port
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            await server.stop(0)
-            return
-        self._ready.set()
-        await self._stop.wait()
-        await server.stop(5.0)
-
-    def start(self, timeout_s: float = 300.0) -> str:
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise GamjeongError(f"The gRPC server did not become ready within {timeout_s:.0f} s.")
-        if self._error is not None:
-            raise self._error
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=30)
+    # The int8 model is served where it was made for: the CPU (even when onnxruntime-gpu is installed).
+    settings = load_settings(
+        model=model_dir,
+        device="cpu",
+        host="127.0.0.1",
+        port=0,
+        http_port=0,  # the web page and HTTP/JSON API beside gRPC, on a free port too
+        metrics_port=-1,
+        log_format="text",
+        log_level="warning",
+    )
+    return BackgroundServer(settings)
 
 
 def prediction_caveat(untrained: bool, budget: TrainingBudget) -> str | None:
