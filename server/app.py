@@ -25,6 +25,7 @@ from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.auth import BearerTokenInterceptor
 from gamjeong.server.batcher import DynamicBatcher, instance_executors
 from gamjeong.server.cache import ResultCache
+from gamjeong.server.grouping import CallCost, measure_predictor_cost
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server, describe_model
 from gamjeong.server.settings import ServerSettings
@@ -179,6 +180,11 @@ class GamjeongServer:
         await asyncio.gather(
             *(loop.run_in_executor(e, self._warm_up, p) for e, p in zip(executors, predictors, strict=True))
         )
+        call_cost = None
+        if self.settings.grouping == "cost":
+            call_cost = await loop.run_in_executor(self._model_executor, self._call_cost, predictor)
+            self.metrics.call_cost.labels(part="call").set(call_cost.per_call_s)
+            self.metrics.call_cost.labels(part="token").set(call_cost.per_token_s)
         batcher = DynamicBatcher(
             predictor,
             max_batch_size=self.settings.max_batch_size,
@@ -188,6 +194,9 @@ class GamjeongServer:
             executor=self._model_executor,
             metrics=self.metrics,
             more_instances=list(zip(predictors[1:], self._instance_executors, strict=True)),
+            grouping=self.settings.grouping,
+            call_cost=call_cost,
+            sort_window=self.settings.sort_window,
         )
         batcher.start()
         self.batcher = batcher
@@ -212,8 +221,17 @@ class GamjeongServer:
                 "cache_size": self.settings.cache_size,
                 "load_s": round(loaded - started, 3),
                 "warmup_s": round(time.perf_counter() - loaded, 3),
+                "grouping": batcher.grouping,
+                "call_cost_ms": None if call_cost is None else round(call_cost.per_call_s * 1e3, 3),
+                "token_cost_us": None if call_cost is None else round(call_cost.per_token_s * 1e6, 3),
             },
         )
+
+    def _call_cost(self, predictor: Predictor) -> CallCost:
+        """The cost line of --grouping cost: given by --call-cost-ms/--token-cost-us, else timed on this model."""
+        if self.settings.call_cost_ms is not None and self.settings.token_cost_us is not None:
+            return CallCost(self.settings.call_cost_ms / 1e3, self.settings.token_cost_us / 1e6)
+        return measure_predictor_cost(predictor)
 
     @staticmethod
     def _warm_up(predictor: Predictor) -> None:

@@ -1,9 +1,12 @@
 """The dynamic batcher shared by all RPCs: gather queued texts, group them by length, run the model once per group.
 
-Requests put already-tokenised texts in one queue and await one future per text. A single collector task takes up to
-`max_batch_size` texts once that many are waiting or the oldest has waited `max_wait_ms`, sorts them by length (so
-short texts are not padded to the longest one), splits them into groups of at most `max_batch_tokens` padded tokens,
-and runs each group on the model in a one-thread executor (so the event loop keeps serving while the model runs).
+Requests put already-tokenised texts in one queue and await one future per text. A single collector task takes the waiting
+texts (up to `sort_window` of them) once `max_batch_size` are waiting or the oldest has waited `max_wait_ms`, sorts
+them by length (so short texts are not padded to the longest one), splits them into model calls by a cost model
+(server/grouping.py: a cut wherever the padding it saves is worth more than one more call; each call within
+`max_batch_size` texts and `max_batch_tokens` padded tokens), and runs each group on the model in a one-thread
+executor (so the event loop keeps serving while the model runs). `grouping="fill"` is the earlier fixed split: up to
+`max_batch_size` texts in arrival order, cut only when a group is full.
 Texts whose call was cancelled or whose deadline passed are dropped before the model sees them.
 
 With several model instances (`gamjeong serve --instances N`, like Triton's instance groups) the one queue feeds N
@@ -22,11 +25,17 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from gamjeong.predictor import EncodedText, Predictor
+from gamjeong.server.grouping import CallCost, group_by_length, plan_groups
 from gamjeong.server.metrics import ServerMetrics
+
+__all__ = ["DynamicBatcher", "TextOutcome", "group_by_length", "instance_executors"]
+
+Grouping = Literal["cost", "fill"]
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +70,6 @@ class _Queued:
     deadline: float | None  # event-loop time, None for no deadline
 
 
-def group_by_length(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Indices grouped so that each group has <= max_batch_size texts and <= max_batch_tokens padded tokens.
-
-    Texts are sorted by length first, so each group pads to a width close to its own texts. A text longer than the
-    token budget on its own still runs, alone.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        width = lengths[i]  # sorted ascending: the newcomer is the widest
-        if current and (len(current) >= max_batch_size or (len(current) + 1) * width > max_batch_tokens):
-            groups.append(current)
-            current = []
-        current.append(i)
-    if current:
-        groups.append(current)
-    return groups
-
-
 def instance_executors(count: int) -> list[ThreadPoolExecutor]:
     """One single-thread executor per model instance: a session runs one batch at a time, its intra-op threads do
     the parallel work inside it."""
@@ -101,6 +90,9 @@ class DynamicBatcher:
         executor: Executor,
         metrics: ServerMetrics,
         more_instances: Sequence[tuple[Predictor, Executor]] = (),
+        grouping: Grouping = "fill",
+        call_cost: CallCost | None = None,
+        sort_window: int = 128,
     ) -> None:
         # Instance 0 is (predictor, executor); `more_instances` are the others, each its own session and thread.
         self._predictors: list[Predictor] = [predictor, *(p for p, _ in more_instances)]
@@ -109,6 +101,12 @@ class DynamicBatcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue_size = max_queue_size
+        # "cost" needs the model's cost line; without one the fixed split is the only honest choice.
+        self.grouping: Grouping = grouping if call_cost is not None else "fill"
+        self.call_cost = call_cost
+        # How many waiting texts are sorted together: more than one batch, so that a deep queue can be cut into calls
+        # of similar lengths (the issue's measurement: sorting windows of 64 beat arrival-order batches of 32 by 1.7x).
+        self.sort_window = max(sort_window, max_batch_size) if self.grouping == "cost" else max_batch_size
         self._metrics = metrics
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -219,12 +217,17 @@ class DynamicBatcher:
     def _take(self) -> list[_Queued]:
         loop_now = asyncio.get_running_loop().time()
         taken: list[_Queued] = []
-        while self._queue and len(taken) < self.max_batch_size:
+        while self._queue and len(taken) < self.sort_window:
             item = self._queue.popleft()
             if self._is_live(item, loop_now):
                 taken.append(item)
         self._metrics.queue_depth.set(len(self._queue))
         return taken
+
+    def _groups(self, lengths: list[int]) -> list[list[int]]:
+        if self.grouping == "cost" and self.call_cost is not None:
+            return plan_groups(lengths, self.call_cost, self.max_batch_size, self.max_batch_tokens)
+        return group_by_length(lengths, self.max_batch_size, self.max_batch_tokens)
 
     async def _collect_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -240,9 +243,7 @@ class DynamicBatcher:
                 idle.put_nowait(instance)
                 raise
             taken = self._take()
-            for indices in group_by_length(
-                [len(t.encoded.input_ids) for t in taken], self.max_batch_size, self.max_batch_tokens
-            ):
+            for indices in self._groups([len(t.encoded.input_ids) for t in taken]):
                 if instance is None:
                     instance = await idle.get()
                 # Earlier groups took time: check again just before this one runs.
@@ -281,6 +282,7 @@ class DynamicBatcher:
         width = max(len(e.input_ids) for e in encoded)
         self._metrics.batch_size.observe(len(group))
         self._metrics.batch_tokens.observe(len(group) * width)
+        self._metrics.batch_real_tokens.observe(sum(len(e.input_ids) for e in encoded))
         self._metrics.inference_latency.observe(inference_ns / 1e9)
         self._metrics.texts_classified.inc(len(group))
         for item, row in zip(group, probabilities, strict=True):

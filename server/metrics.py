@@ -48,6 +48,21 @@ class ServerMetrics:
             buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536),
             registry=self.registry,
         )
+        # Real (unpadded) tokens per call: padded_tokens_sum / real_tokens_sum is the padding overhead of the
+        # batcher's grouping (1.0: no padding at all).
+        self.batch_real_tokens = Histogram(
+            "gamjeong_batch_real_tokens",
+            "Real tokens (sum of the texts' own lengths, no padding) per model call.",
+            buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536),
+            registry=self.registry,
+        )
+        # The cost line the batcher splits by (measured at start-up, or given): 0 with --grouping fill.
+        self.call_cost = Gauge(
+            "gamjeong_batch_call_cost_seconds",
+            "The grouping cost model: fixed seconds per model call (part=call) and per padded token (part=token).",
+            ["part"],
+            registry=self.registry,
+        )
         self.inference_latency = Histogram(
             "gamjeong_inference_seconds",
             "Wall time of one model call (padding + forward + softmax).",

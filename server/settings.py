@@ -39,6 +39,19 @@ class ServerSettings(BaseSettings):
     # 0 by default: a request reaching an idle model runs at once (measured: 5 ms of waiting added 5 ms to the p50 of
     # a lone request); under load, texts pile up while the model runs and form the next batch anyway.
     max_wait_ms: float = Field(0.0, ge=0, le=10_000, description="How long a non-full batch waits for more texts.")
+    # How the batcher splits the texts it took into model calls (server/grouping.py). "cost": sorted by length, cut
+    # wherever the padding saved is worth more than one more call, by this model's measured cost line; "fill": the
+    # earlier split, up to max_batch_size texts in arrival order, cut only when full.
+    grouping: Literal["cost", "fill"] = Field("cost", description="Split waiting texts by a cost model, or fill.")
+    call_cost_ms: float | None = Field(
+        None, ge=0, description="Fixed ms of one model call for --grouping cost (default: measured at start-up)."
+    )
+    token_cost_us: float | None = Field(
+        None, ge=0, description="µs per padded token for --grouping cost (default: measured at start-up)."
+    )
+    sort_window: int = Field(
+        128, ge=1, le=4096, description="Most waiting texts sorted together and split by --grouping cost."
+    )
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one Classify request.")
     max_stream_texts: int = Field(100_000, ge=1, description="Most texts in one ClassifyStream request.")
     max_queue_size: int = Field(1024, ge=1, description="Most texts waiting for the model; beyond: RESOURCE_EXHAUSTED.")
@@ -98,6 +111,8 @@ class ServerSettings(BaseSettings):
                 f"max_batch_size ({self.max_batch_size}) cannot exceed max_queue_size ({self.max_queue_size}), "
                 "or a ClassifyStream chunk could never be queued"
             )
+        if (self.call_cost_ms is None) != (self.token_cost_us is None):
+            raise ValueError("give both --call-cost-ms and --token-cost-us, or neither (then both are measured)")
         if self.auth_token is not None and not self.auth_token.strip():
             raise ValueError("the auth token is empty; leave it unset to turn auth off")
         if self.auth_token is not None and not (self.auth_token.isascii() and self.auth_token.isprintable()):
