@@ -48,7 +48,10 @@ def model_command(
         None,
         help="Comma-separated backends (pytorch-fp32, pytorch-bf16, pytorch-fp16, onnx-fp32, onnx-int8, onnx-fp16).",
     ),
-    data: Path | None = typer.Option(None, help="CSV with a 'text' column of Korean sentences to build inputs from."),
+    data: Path | None = typer.Option(
+        None,
+        help="Labelled data file (any format train reads) whose texts are used (default: GoEmotions-Korean subset).",
+    ),
     output: Path = typer.Option(Path("bench-results/model"), help="Folder for results.json, results.md, latency.png."),
     quick: bool = typer.Option(False, help="Tiny model, one batch size and length, a few iterations."),
     threads: int | None = typer.Option(None, min=1, help="Intra-op threads for PyTorch and ONNX Runtime."),
@@ -122,7 +125,9 @@ def server_command(
     ),
     duration: float | None = typer.Option(None, min=0.1, help="Timed seconds per mode and concurrency [default: 10]."),
     stream_texts: int = typer.Option(32, min=1, help="Texts per ClassifyStream call."),
-    data: Path | None = typer.Option(None, help="Labelled data file whose texts are sent (default: built-in samples)."),
+    data: Path | None = typer.Option(
+        None, help="Labelled data file whose texts are sent (default: the shipped GoEmotions-Korean subset)."
+    ),
     output: Path = typer.Option(
         Path("bench-results/server"), help="Folder for results.json, results.md, throughput.png."
     ),
@@ -131,6 +136,10 @@ def server_command(
         None, min=1, help="--max-batch-size of the started server (1: no batching)."
     ),
     max_wait_ms: float | None = typer.Option(None, min=0, help="--max-wait-ms of the started server."),
+    grouping: str | None = typer.Option(None, help="--grouping of the started server: cost or fill."),
+    intra_op_spinning: bool | None = typer.Option(
+        None, "--intra-op-spinning/--no-intra-op-spinning", help="Spinning of the started server's intra-op threads."
+    ),
     quick: bool = typer.Option(False, help="Concurrencies 1 and 4, one second each."),
 ) -> None:
     """The gRPC server end to end (unary, server streaming, chat) against the raw predictor on the same texts."""
@@ -159,6 +168,8 @@ def server_command(
             threads=threads,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
+            grouping=grouping,
+            intra_op_spinning=intra_op_spinning,
             quick=quick,
             **{key: value for key, value in given.items() if value is not None},
         )

@@ -28,6 +28,7 @@ from gamjeong.modeling import WEIGHT_FILES
 from gamjeong.onnx_runtime import graph_precision  # what the predictor reads too: the graph, not the manifest
 
 from .environment import cpu_bf16_support, environment, peak_rss_mb, rss_mb
+from .grouped import grouping_comparison
 from .random_models import (
     RANDOM_MODEL_NAME,
     build_random_model_dir,
@@ -53,6 +54,8 @@ def backend_parts(name: str) -> tuple[str, str]:
 
 
 RANDOM_WEIGHTS_NOTE = "random weights: timing only"
+# Real texts are timed uncut up to this many tokens (GoEmotions-Korean's longest is 64 with the e5 tokenizer).
+REAL_TEXT_MAX_TOKENS = 128
 DISTINCT_BATCHES = 4  # different texts in successive timed batches, so no cache makes a repeat cheaper
 
 
@@ -76,6 +79,10 @@ class ModelBenchConfig(BaseModel):
     isolation: Literal["subprocess", "inprocess"] = "subprocess"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     agreement_texts: int = Field(256, ge=1)
+    # The data's own texts, unpadded and uncut, grouped as a batcher would group them (benchmarks/grouped.py): what
+    # the fixed-length grid cannot show, padding on a real, heavy-tailed mix of lengths. 0: skip.
+    real_texts: int = Field(512, ge=0, description="Texts of the data timed as they are (0: skip).")
+    real_text_seconds: float = Field(5.0, gt=0, description="Seconds per grouping of the real texts.")
     cache_dir: Path = Field(default_factory=lambda: default_cache_dir())
 
     @field_validator("batch_sizes", "seq_lengths")
@@ -105,7 +112,11 @@ def quick_settings(config: ModelBenchConfig, explicit: set[str]) -> ModelBenchCo
     """--quick: one batch size, one short length, a few iterations, unless those were given explicitly."""
     if not config.quick:
         return config
-    updates: dict[str, Any] = {"agreement_texts": min(config.agreement_texts, 32)}
+    updates: dict[str, Any] = {
+        "agreement_texts": min(config.agreement_texts, 32),
+        "real_texts": min(config.real_texts, 32),
+        "real_text_seconds": min(config.real_text_seconds, 0.2),
+    }
     if "batch_sizes" not in explicit:
         updates["batch_sizes"] = [4]
     if "seq_lengths" not in explicit:
@@ -276,10 +287,14 @@ def measure_backend(spec: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
             latencies.append(t2 - t0)
             if t2 - cell_started > spec["max_cell_seconds"] and i + 1 >= spec["min_iterations"]:
                 break
-        rows.append(
-            {"backend": predictor.backend, "batch_size": batch, "seq_len": seq_len}
-            | _percentile_row(latencies, tokenize, inference, batch)
-        )
+        row = _percentile_row(latencies, tokenize, inference, batch)
+        # Every input is exactly seq_len tokens: real tokens per second, no padding in this grid.
+        row["tokens_per_s"] = round(row["texts_per_s"] * seq_len, 1)
+        rows.append({"backend": predictor.backend, "batch_size": batch, "seq_len": seq_len} | row)
+    real_text = None
+    if spec.get("real_texts"):
+        predictor.max_length = max(default_max_length, REAL_TEXT_MAX_TOKENS)  # real texts as they are, not cut
+        real_text = grouping_comparison(predictor, spec["real_texts"], 32, spec["real_text_seconds"])
     predictor.max_length = default_max_length
     probabilities = predictor.predict_proba(spec["agreement_texts"], batch_size=32)
     rss_after = rss_mb()
@@ -307,11 +322,18 @@ def measure_backend(spec: dict[str, Any], *, isolated: bool) -> dict[str, Any]:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "threads": thread_info,
         "rows": rows,
+        "real_text": real_text,
         "probabilities": probabilities.round(6).tolist(),
     }
 
 
-def _spec(plan: BackendPlan, config: ModelBenchConfig, cells: list[dict], agreement: list[str]) -> dict[str, Any]:
+def _spec(
+    plan: BackendPlan,
+    config: ModelBenchConfig,
+    cells: list[dict],
+    agreement: list[str],
+    real_texts: list[str] | None = None,
+) -> dict[str, Any]:
     return {
         "model_dir": str(plan.model_dir),
         "loader": plan.loader,
@@ -324,6 +346,8 @@ def _spec(plan: BackendPlan, config: ModelBenchConfig, cells: list[dict], agreem
         "min_iterations": min(config.min_iterations, config.iterations),
         "max_cell_seconds": config.max_cell_seconds,
         "agreement_texts": agreement,
+        "real_texts": real_texts or [],
+        "real_text_seconds": config.real_text_seconds,
     }
 
 
@@ -432,7 +456,7 @@ def run_model_benchmark(
                 progress(f"{plan.name}: skipped ({plan.skip_reason})")
                 continue
             progress(f"{plan.name}: measuring {len(cells)} cells ({config.isolation})")
-            spec = _spec(plan, config, cells, agreement_texts)
+            spec = _spec(plan, config, cells, agreement_texts, source.texts[: config.real_texts])
             try:
                 if config.isolation == "subprocess":
                     result = _run_isolated(spec, workdir, plan.name)

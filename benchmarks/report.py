@@ -18,6 +18,7 @@ ROW_COLUMNS = (
     ("p95_ms", "p95 ms"),
     ("p99_ms", "p99 ms"),
     ("texts_per_s", "texts/s"),
+    ("tokens_per_s", "tokens/s"),
     ("tokenize_p50_ms", "tok p50 ms"),
     ("inference_p50_ms", "infer p50 ms"),
     ("iterations", "iters"),
@@ -113,8 +114,49 @@ def model_markdown(results: dict[str, Any]) -> str:
         "",
         _markdown_table(ROW_COLUMNS, results["rows"]),
         "",
+        *real_text_lines(results["backends"]),
     ]
     return "\n".join(lines)
+
+
+REAL_TEXT_COLUMNS = (
+    ("backend", "backend"),
+    ("grouping", "grouping"),
+    ("mean_texts_per_call", "texts per call"),
+    ("padding_ratio", "padded/real"),
+    ("texts_per_s", "texts/s"),
+    ("tokens_per_s", "real tokens/s"),
+)
+REAL_TEXT_GROUPINGS = {
+    "one_per_call": "one text per call",
+    "arrival_batches": "arrival-order batches of {batch_size}",
+    "grouped": "windows of {window}, sorted, cost-split",
+    "sorted_all": "whole set sorted, batches of {batch_size}",
+}
+
+
+def real_text_lines(backends: list[dict[str, Any]]) -> list[str]:
+    """The data's own texts (no fixed length) under four groupings, per backend; nothing when not measured."""
+    rows = []
+    for backend in backends:
+        real = backend.get("real_text")
+        if not real:
+            continue
+        for key, label in REAL_TEXT_GROUPINGS.items():
+            rows.append({"backend": backend["name"], "grouping": label.format(**real[key])} | real[key])
+    if not rows:
+        return []
+    first = next(b["real_text"] for b in backends if b.get("real_text"))
+    return [
+        "## Real texts, as they are",
+        "",
+        f"{first['texts']} texts of the data, {first['mean_tokens_per_text']} tokens on average (longest "
+        f"{first['max_tokens_per_text']}); the cost model of the first backend: {first['cost_model']['call_ms']} ms per "
+        f"call, {first['cost_model']['token_us']} µs per padded token.",
+        "",
+        _markdown_table(REAL_TEXT_COLUMNS, rows),
+        "",
+    ]
 
 
 def latency_chart(results: dict[str, Any], path: Path) -> None:
@@ -195,14 +237,17 @@ SERVER_COLUMNS = (
     ("p99_ms", "p99 ms"),
     ("requests_per_s", "req/s"),
     ("texts_per_s", "texts/s"),
+    ("tokens_per_s", "tokens/s"),
     ("errors", "errors"),
     ("mean_batch_size", "mean batch"),
+    ("padding_ratio", "padded/real"),
+    ("server_cores", "server cores"),
 )
 
 
 def _server_row(row: dict[str, Any]) -> dict[str, Any]:
     batches = row.get("batches") or {}
-    return row | {"mean_batch_size": batches.get("mean_batch_size")}
+    return row | {"mean_batch_size": batches.get("mean_batch_size"), "padding_ratio": batches.get("padding_ratio")}
 
 
 def server_summary_lines(server: dict[str, Any]) -> list[str]:
@@ -212,10 +257,16 @@ def server_summary_lines(server: dict[str, Any]) -> list[str]:
     if raw is None:
         lines.append(f"  - raw predictor: not measured ({server.get('raw_note', '')})")
         return lines
-    single, batched = raw["single_text"], raw["batched"]
+    single, grouped, whole = raw["single_text"], raw["grouped"], raw["sorted_all"]
+    arrival = raw["arrival_batches"]
     lines.append(
-        f"  - raw predictor ({raw['backend']}): one text per call p50 {_cell(single['p50_ms'])} ms, "
-        f"p99 {_cell(single['p99_ms'])} ms; batches of {batched['batch_size']}: {_cell(batched['texts_per_s'])} texts/s"
+        f"  - raw predictor ({raw['backend']}, {raw['texts']} texts of {raw['mean_tokens_per_text']} tokens on "
+        f"average): one text per call p50 {_cell(single['p50_ms'])} ms, p99 {_cell(single['p99_ms'])} ms; "
+        f"windows of {grouped['window']} sorted and split by the cost model (call {raw['cost_model']['call_ms']} ms, "
+        f"token {raw['cost_model']['token_us']} µs): {_cell(grouped['texts_per_s'])} texts/s, "
+        f"{_cell(grouped['tokens_per_s'])} tokens/s ({grouped['mean_texts_per_call']} texts per call); "
+        f"whole set sorted in batches of {whole['batch_size']}: {_cell(whole['texts_per_s'])} texts/s; "
+        f"arrival-order batches of {arrival['batch_size']}: {_cell(arrival['texts_per_s'])} texts/s"
     )
     for mode, ratio in (server.get("ratios") or {}).items():
         parts = []
@@ -227,7 +278,7 @@ def server_summary_lines(server: dict[str, Any]) -> list[str]:
         if "throughput_ratio_at_highest" in ratio:
             parts.append(
                 f"throughput at {ratio['highest_concurrency']} clients: ×{_cell(ratio['throughput_ratio_at_highest'])} "
-                "of raw batched"
+                "of raw best grouping"
             )
         lines.append(f"  - {mode}: {'; '.join(parts)}")
     return lines
@@ -276,12 +327,12 @@ def throughput_chart(results: dict[str, Any], path: Path) -> None:
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{key[0]} {key[1]}")
     for index, server in enumerate(results["servers"]):
         if server.get("raw"):
-            raw = server["raw"]["batched"]
+            raw = server["raw"]["grouped"]
             ax.axhline(
                 raw["texts_per_s"],
                 linestyle="--",
                 color=f"C{7 + index}",
-                label=f"raw {server['backend']}, batches of {raw['batch_size']}",
+                label=f"raw {server['backend']}, sorted windows of {raw['window']}",
             )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent clients")

@@ -9,8 +9,9 @@ the HTTP transport's cost over gRPC's. The server's `gamjeong_batch_size` histog
 before and after each run, so the batches the dynamic batcher actually made are reported beside the latencies.
 
 Before the server is started (so the two do not compete for the CPU), the raw predictor from the same directory
-measures one text per call and full batches on the same texts: the server's overhead at concurrency 1 and its
-throughput at the highest concurrency are given as ratios to those.
+measures one text per call and the best grouping of the same texts (windows as deep as the highest concurrency, sorted
+and split by the cost model): the server's overhead at concurrency 1 and its throughput at the highest concurrency are
+given as ratios to those. Texts default to the shipped GoEmotions-Korean subset: real, heavy-tailed lengths.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydantic import BaseModel, Field, field_validator
 from gamjeong.errors import GamjeongError
 
 from .environment import environment
+from .grouped import grouping_comparison
 from .model_bench import default_cache_dir
 from .server_process import batch_delta, free_port, scrape_batch_sizes, started_server, wait_until_serving
 from .texts import load_texts
@@ -60,6 +62,8 @@ class ServerBenchConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="Intra-op threads for the started server and the raw run.")
     max_batch_size: int | None = Field(None, ge=1, description="--max-batch-size of the started server.")
     max_wait_ms: float | None = Field(None, ge=0, description="--max-wait-ms of the started server.")
+    grouping: Literal["cost", "fill"] | None = Field(None, description="--grouping of the started server.")
+    intra_op_spinning: bool | None = Field(None, description="--(no-)intra-op-spinning of the started server.")
     startup_timeout_s: float = Field(300.0, gt=0)
     quick: bool = False
 
@@ -110,9 +114,18 @@ def _latency_summary(latencies: list[float]) -> dict[str, float | None]:
 
 
 def measure_raw(
-    model_dir: Path, backend: str, threads: int | None, texts: list[str], batch_size: int, seconds: float
+    model_dir: Path,
+    backend: str,
+    threads: int | None,
+    texts: list[str],
+    batch_size: int,
+    seconds: float,
+    window: int = 64,
 ) -> dict[str, Any]:
-    """One text per call (latency) and full batches (throughput), through the predictor the server would load."""
+    """The predictor the server would load, on the same texts: one text per call (latency), and the best grouping
+    (throughput): windows of `window` texts (the deepest queue the server sees) sorted and split by the cost model
+    measured on this model here; beside it, the whole set sorted in batches of `batch_size` (the most a batcher could
+    gain, with every text known in advance), arrival-order batches and one text per call (benchmarks/grouped.py)."""
     from gamjeong.predictor import load_predictor
 
     predictor = load_predictor(model_dir, backend=backend, intra_op_threads=threads)  # type: ignore[arg-type]
@@ -126,24 +139,8 @@ def measure_raw(
         single.append(time.perf_counter() - t0)
         if time.perf_counter() - started > seconds and i >= 9:
             break
-    batches = 0
-    started = time.perf_counter()
-    while True:
-        batch = [texts[(batches * batch_size + j) % len(texts)] for j in range(batch_size)]
-        predictor.predict_encoded(predictor.encode(batch))  # one call, as the server's batcher makes it
-        batches += 1
-        elapsed = time.perf_counter() - started
-        if elapsed > seconds and batches >= 3:
-            break
-    result = {
-        "backend": predictor.backend,
-        "single_text": {"calls": len(single)} | _latency_summary(single),
-        "batched": {
-            "batch_size": batch_size,
-            "batches": batches,
-            "texts_per_s": round(batches * batch_size / elapsed, 2),
-        },
-    }
+    result = {"backend": predictor.backend, "single_text": {"calls": len(single)} | _latency_summary(single)}
+    result |= grouping_comparison(predictor, texts, batch_size, seconds, window)
     del predictor
     gc.collect()
     return result
@@ -373,6 +370,7 @@ def measure_server(
                 run_load(target, mode, concurrency, config.duration_s, texts, config.stream_texts, http)
             )
             after = scrape_batch_sizes(metrics)
+            batches = batch_delta(before, after)
             elapsed = tally.elapsed  # type: ignore[attr-defined]
             rows.append(
                 {
@@ -386,7 +384,13 @@ def measure_server(
                     **_latency_summary(tally.latencies),
                     "requests_per_s": round(len(tally.latencies) / elapsed, 2),
                     "texts_per_s": round(tally.texts / elapsed, 2),
-                    "batches": batch_delta(before, after),
+                    "batches": batches,
+                    # Real (unpadded) tokens the server's model calls ran, from its metrics: texts/s hides length.
+                    "tokens_per_s": round(batches["real_tokens"] / elapsed, 1) if batches else None,
+                    # Cores the server process kept busy (CPU seconds per second): spinning threads show up here.
+                    "server_cores": round(batches["server_cpu_s"] / elapsed, 2)
+                    if batches and batches["server_cpu_s"] is not None
+                    else None,
                     "load_average_after": [round(x, 2) for x in os.getloadavg()],
                 }
             )
@@ -399,7 +403,7 @@ def _ratios(rows: list[dict[str, Any]], raw: dict[str, Any] | None) -> dict[str,
         return None
     ratios: dict[str, Any] = {}
     raw_p50 = raw["single_text"]["p50_ms"]
-    raw_tps = raw["batched"]["texts_per_s"]
+    raw_tps = raw["grouped"]["texts_per_s"]
     for mode in dict.fromkeys(r["mode"] for r in rows):
         mode_rows = [r for r in rows if r["mode"] == mode]
         lowest = min(mode_rows, key=lambda r: r["concurrency"])
@@ -468,8 +472,9 @@ def run_server_benchmark(
     for target, model_dir in runs:
         raw = None
         if model_dir is not None:
-            progress(f"raw predictor on {model_dir.name}: one text per call, then batches of {batch_size}")
-            raw = measure_raw(model_dir, config.backend, config.threads, texts, batch_size, raw_seconds)
+            progress(f"raw predictor on {model_dir.name}: one text per call, then the best grouping of the texts")
+            window = max(config.concurrencies)
+            raw = measure_raw(model_dir, config.backend, config.threads, texts, batch_size, raw_seconds, window)
         if target is None:
             assert model_dir is not None
             progress(f"starting `gamjeong serve --model {model_dir}`")

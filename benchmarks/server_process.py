@@ -77,6 +77,10 @@ def started_server(
         command += ["--max-batch-size", str(config.max_batch_size)]
     if config.max_wait_ms is not None:
         command += ["--max-wait-ms", str(config.max_wait_ms)]
+    if config.grouping is not None:
+        command += ["--grouping", config.grouping]
+    if config.intra_op_spinning is not None:
+        command += ["--intra-op-spinning" if config.intra_op_spinning else "--no-intra-op-spinning"]
     if http_port is not None:
         command += ["--http-port", str(http_port)]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
@@ -111,6 +115,10 @@ def scrape_batch_sizes(metrics: str | None) -> dict[str, float] | None:
         return None
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
+        if family.name in ("process_cpu_seconds", "process_cpu_seconds_total"):  # the server's user + system CPU
+            values["_cpu_s"] = sum(s.value for s in family.samples)
+        if family.name in ("gamjeong_batch_real_tokens", "gamjeong_batch_padded_tokens"):
+            values |= {f"_{family.name}": s.value for s in family.samples if s.name.endswith("_sum")}
         if family.name != "gamjeong_batch_size":
             continue
         for sample in family.samples:
@@ -138,8 +146,14 @@ def batch_delta(before: dict[str, float] | None, after: dict[str, float] | None)
         buckets[name] = int(delta[le] - previous)  # cumulative counts -> texts-per-call range
         previous = delta[le]
         lower = int(upper) + 1 if upper != float("inf") else lower
+    real, padded = delta.pop("_gamjeong_batch_real_tokens", 0.0), delta.pop("_gamjeong_batch_padded_tokens", 0.0)
+    cpu_s = delta.pop("_cpu_s", None)
     return {
         "model_calls": int(calls),
+        "real_tokens": int(real),
+        "server_cpu_s": None if cpu_s is None else round(cpu_s, 3),
+        # Padded tokens the model computed per real token (1.0: no padding), over the whole run.
+        "padding_ratio": round(padded / real, 3) if real else None,
         "mean_batch_size": round(delta.get("_sum", 0.0) / calls, 2) if calls else None,
         "batch_size_buckets": {k: v for k, v in buckets.items() if v},
     }

@@ -27,12 +27,22 @@ class TextSource:
 
 
 def load_texts(data_file: Path | None = None, *, limit: int = 5000) -> TextSource:
-    """Korean sentences from the data file given, else gamjeong's built-in sample set (490 sentences, 7 emotions)."""
-    if data_file is not None:
-        return TextSource(_read_text_column(data_file)[:limit], f"data file {Path(data_file).name}")
-    from gamjeong.samples import sample_texts
+    """Korean texts from the data file given, else the shipped GoEmotions-Korean subset (real comments).
 
-    return TextSource(sample_texts()[:limit], "gamjeong built-in Korean samples (gamjeong/resources/samples.csv)")
+    The default is real text on purpose: real short texts are heavy-tailed (mean 17 tokens, p95 33, max 64 with the
+    e5 tokenizer), and padding in a batch costs what it costs only on such a mix; the built-in samples are short and
+    uniform and hid it. Both are shuffled with a fixed seed before `limit` is applied, so a file sorted by label or
+    length still gives a representative mix.
+    """
+    if data_file is not None:
+        texts, description = _read_text_column(data_file), f"data file {Path(data_file).name}"
+    else:
+        from gamjeong.goemotions_subset import ORIGIN, load_goemotions_subset
+
+        texts = load_goemotions_subset()["text"].astype(str).tolist()
+        description = f"shipped GoEmotions-Korean subset ({ORIGIN})"
+    random.Random(0).shuffle(texts)
+    return TextSource(texts[:limit], description)
 
 
 def _read_text_column(path: Path) -> list[str]:

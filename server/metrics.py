@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ class ServerMetrics:
             "Model instances (inference sessions) fed by the batcher.",
             registry=self.registry,
         )
+        # process_cpu_seconds_total, resident memory, open fds: CPU per request, and idle cores that should be idle,
+        # are visible in production (and `gamjeong bench server` reads the CPU time the server used under each load).
+        ProcessCollector(registry=self.registry)
         self._http_server = None
 
     def serve_http(self, host: str, port: int, token: str | None = None) -> int:

@@ -40,10 +40,18 @@ def _check_results(output: Path, requested: list[str]) -> dict:
             assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
             assert row["texts_per_s"] > 0 and row["iterations"] >= 1
             assert row["tokenize_p50_ms"] > 0 and row["inference_p50_ms"] > 0
+            assert row["tokens_per_s"] == pytest.approx(row["texts_per_s"] * row["seq_len"], rel=1e-3)
+        real = entry["real_text"]  # the data's own texts under four groupings
+        assert real["texts"] == 32 and real["mean_tokens_per_text"] > 2
+        assert real["one_per_call"]["padding_ratio"] == 1.0 and real["one_per_call"]["mean_texts_per_call"] == 1
+        # Sorting can only remove padding: the whole set sorted pads no more than arrival-order batches of the same size.
+        assert real["sorted_all"]["padding_ratio"] <= real["arrival_batches"]["padding_ratio"]
+        for key in ("one_per_call", "grouped", "sorted_all", "arrival_batches"):
+            assert real[key]["texts_per_s"] > 0 and real[key]["tokens_per_s"] > real[key]["texts_per_s"]
     environment = results["environment"]
     assert environment["cpu_model"] and environment["libraries"]["torch"] and environment["date_utc"]
     markdown = (output / "results.md").read_text(encoding="utf-8")
-    assert all(name in markdown for name in requested)
+    assert all(name in markdown for name in requested) and "Real texts, as they are" in markdown
     return results
 
 
@@ -174,10 +182,13 @@ def test_quick_server_against_a_running_server(tiny_fp32_onnx_dir: Path, tmp_pat
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         batches = row["batches"]
         assert batches["model_calls"] > 0 and 1 <= batches["mean_batch_size"] <= 32
+        # Real tokens come from the server's gamjeong_batch_real_tokens; padding can only add to them.
+        assert row["tokens_per_s"] > row["texts_per_s"] and batches["padding_ratio"] >= 1.0
+        assert row["server_cores"] > 0  # from the server's process_cpu_seconds_total
         if row["mode"] == "stream":  # texts per call beyond one per request: the stream is batched
             assert row["texts"] == row["requests"] * 16
     server = results["servers"][0]
-    assert server["raw"]["backend"] == "onnx-fp32" and server["raw"]["batched"]["texts_per_s"] > 0
+    assert server["raw"]["backend"] == "onnx-fp32" and server["raw"]["grouped"]["texts_per_s"] > 0
     assert {"unary", "stream", "chat"} == set(server["ratios"])
     assert server["ratios"]["unary"]["p50_latency_ratio_at_c1"] > 0
     assert server["ratios"]["chat"]["throughput_ratio_at_highest"] > 0
