@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from gamjeong.errors import GamjeongError
+from gamjeong.server.settings import ServerSettings
 
 from .environment import environment
 from .grouped import grouping_comparison
@@ -42,6 +43,8 @@ DEFAULT_MODES: tuple[str, ...] = ("unary", "stream", "chat")
 # A refused call (e.g. RESOURCE_EXHAUSTED from a full queue) is counted, and its client waits this long before the next
 # one, as a real client backs off: an instant retry loop would only burn the CPU the server needs.
 ERROR_BACKOFF_S = 0.1
+# `gamjeong serve`'s --intra-op-spinning default, which the raw predictor then uses too.
+SERVER_SPINNING_DEFAULT: bool = ServerSettings.model_fields["intra_op_spinning"].default
 
 
 class ServerBenchConfig(BaseModel):
@@ -121,6 +124,7 @@ def measure_raw(
     batch_size: int,
     seconds: float,
     window: int = 64,
+    intra_op_spinning: bool | None = None,
 ) -> dict[str, Any]:
     """The predictor the server would load, on the same texts: one text per call (latency), and the best grouping
     (throughput): windows of `window` texts (the deepest queue the server sees) sorted and split by the cost model
@@ -128,7 +132,13 @@ def measure_raw(
     gain, with every text known in advance), arrival-order batches and one text per call (benchmarks/grouped.py)."""
     from gamjeong.predictor import load_predictor
 
-    predictor = load_predictor(model_dir, backend=backend, intra_op_threads=threads)  # type: ignore[arg-type]
+    predictor = load_predictor(
+        model_dir,
+        backend=backend,  # type: ignore[arg-type]
+        intra_op_threads=threads,
+        # As the started server's (its default when not given), so the two compare like for like.
+        intra_op_spinning=SERVER_SPINNING_DEFAULT if intra_op_spinning is None else intra_op_spinning,
+    )
     for text in texts[:3]:
         predictor.predict_encoded(predictor.encode([text]))
     single: list[float] = []
@@ -474,7 +484,10 @@ def run_server_benchmark(
         if model_dir is not None:
             progress(f"raw predictor on {model_dir.name}: one text per call, then the best grouping of the texts")
             window = max(config.concurrencies)
-            raw = measure_raw(model_dir, config.backend, config.threads, texts, batch_size, raw_seconds, window)
+            raw = measure_raw(
+                model_dir, config.backend, config.threads, texts, batch_size, raw_seconds, window,
+                config.intra_op_spinning,
+            )  # fmt: skip
         if target is None:
             assert model_dir is not None
             progress(f"starting `gamjeong serve --model {model_dir}`")

@@ -182,7 +182,14 @@ class GamjeongServer:
         )
         call_cost = None
         if self.settings.grouping == "cost":
-            call_cost = await loop.run_in_executor(self._model_executor, self._call_cost, predictor)
+            # Every instance at once, as they will run when serving (and as they warmed up): the cores they share
+            # are part of what a call costs. The mean of their lines is the batcher's one cost line.
+            lines = await asyncio.gather(
+                *(loop.run_in_executor(e, self._call_cost, p) for e, p in zip(executors, predictors, strict=True))
+            )
+            call_cost = CallCost(
+                sum(c.per_call_s for c in lines) / len(lines), sum(c.per_token_s for c in lines) / len(lines)
+            )
             self.metrics.call_cost.labels(part="call").set(call_cost.per_call_s)
             self.metrics.call_cost.labels(part="token").set(call_cost.per_token_s)
         batcher = DynamicBatcher(

@@ -57,7 +57,7 @@ def serve(
     intra_op_spinning: bool = typer.Option(
         None,
         "--intra-op-spinning/--no-intra-op-spinning",
-        help="ONNX Runtime's idle threads spin-wait (default on); off saves CPU on shared or CPU-limited cores.",
+        help="ONNX Runtime's idle threads spin-wait (default off: measured slower on shared or CPU-limited cores).",
     ),
     instances: int = typer.Option(None, help=_help("instances"), show_default=False),
     cache_size: int = typer.Option(None, help=_help("cache_size"), show_default=False),

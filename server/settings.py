@@ -75,8 +75,12 @@ class ServerSettings(BaseSettings):
         3.0, ge=0, description="Seconds of NOT_SERVING while still serving, before new calls are refused (<= grace)."
     )
     intra_op_threads: int | None = Field(None, ge=1, description="Threads per model call (default: the runtime's).")
+    # Off by default, measured (docs/benchmarks.md, "Throughput on real text"): on 2 shared cores, spinning threads
+    # made one call 1.9x slower (13.9 vs 7.4 ms at one client) and the server 1.7x slower at 64 clients; idle CPU was
+    # ~0 either way (ONNX Runtime's threads block after a while). On dedicated cores spinning may shave microseconds.
     intra_op_spinning: bool = Field(
-        True, description="Let ONNX Runtime's idle intra-op threads spin-wait (off: less CPU on shared cores)."
+        False,
+        description="Let ONNX Runtime's idle intra-op threads spin-wait (on: for dedicated, otherwise idle cores).",
     )
     # Triton-style instance groups: N sessions, one batch each at a time, fed by the one batcher. On a many-core
     # machine N sessions of few threads each keep more cores busy than one session of many (docs/benchmarks.md).

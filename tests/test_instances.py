@@ -104,5 +104,5 @@ def test_intra_op_spinning_reaches_the_session(tiny_int8_dir: Path) -> None:
     quiet = load_predictor(tiny_int8_dir, intra_op_threads=2, intra_op_spinning=False)
     assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
     assert quiet.predict_proba(TEXTS[:3]).shape == (3, 7)
-    settings = load_settings(model=tiny_int8_dir, intra_op_spinning="false")  # as GAMJEONG_INTRA_OP_SPINNING
-    assert settings.intra_op_spinning is False and load_settings(model=tiny_int8_dir).intra_op_spinning is True
+    settings = load_settings(model=tiny_int8_dir, intra_op_spinning="true")  # as GAMJEONG_INTRA_OP_SPINNING
+    assert settings.intra_op_spinning is True and load_settings(model=tiny_int8_dir).intra_op_spinning is False
