@@ -52,6 +52,10 @@ def model_command(
         None,
         help="Labelled data file (any format train reads) whose texts are used (default: GoEmotions-Korean subset).",
     ),
+    real_texts: int | None = typer.Option(
+        None, min=0, help="Texts of the data timed as they are, under four groupings (0: skip) [default: 512]."
+    ),
+    real_text_seconds: float | None = typer.Option(None, min=0.1, help="Seconds per grouping [default: 5]."),
     output: Path = typer.Option(Path("bench-results/model"), help="Folder for results.json, results.md, latency.png."),
     quick: bool = typer.Option(False, help="Tiny model, one batch size and length, a few iterations."),
     threads: int | None = typer.Option(None, min=1, help="Intra-op threads for PyTorch and ONNX Runtime."),
@@ -74,6 +78,8 @@ def model_command(
         "iterations": iterations,
         "warmup": warmup,
         "backends": _str_list(backends),
+        "real_texts": real_texts,
+        "real_text_seconds": real_text_seconds,
     }
     explicit = {key for key, value in given.items() if value is not None}
     try:

@@ -112,11 +112,11 @@ def quick_settings(config: ModelBenchConfig, explicit: set[str]) -> ModelBenchCo
     """--quick: one batch size, one short length, a few iterations, unless those were given explicitly."""
     if not config.quick:
         return config
-    updates: dict[str, Any] = {
-        "agreement_texts": min(config.agreement_texts, 32),
-        "real_texts": min(config.real_texts, 32),
-        "real_text_seconds": min(config.real_text_seconds, 0.2),
-    }
+    updates: dict[str, Any] = {"agreement_texts": min(config.agreement_texts, 32)}
+    if "real_texts" not in explicit:
+        updates["real_texts"] = min(config.real_texts, 32)
+    if "real_text_seconds" not in explicit:
+        updates["real_text_seconds"] = min(config.real_text_seconds, 0.2)
     if "batch_sizes" not in explicit:
         updates["batch_sizes"] = [4]
     if "seq_lengths" not in explicit:
