@@ -184,3 +184,32 @@ def test_without_a_cost_line_the_batcher_fills_batches(fp32_predictor: Predictor
         sort_window=64,
     )
     assert batcher.grouping == "fill" and batcher.sort_window == 8
+
+
+async def test_the_server_times_its_cost_line_or_takes_the_given_one(tiny_int8_dir: Path) -> None:
+    from gamjeong.server.app import GamjeongServer
+
+    predictor = load_predictor(tiny_int8_dir)
+    lines = {}
+    for name, overrides in (
+        ("measured", {}),
+        ("given", {"call_cost_ms": 2.5, "token_cost_us": 40.0}),
+        ("fill", {"grouping": "fill"}),
+    ):
+        settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, **overrides)
+        server = GamjeongServer(settings, predictor_factory=lambda: predictor)
+        await server.start()
+        try:
+            assert server.batcher is not None
+            gauge = (
+                server.metrics.value("gamjeong_batch_call_cost_seconds", {"part": "call"}),
+                server.metrics.value("gamjeong_batch_call_cost_seconds", {"part": "token"}),
+            )
+            lines[name] = (server.batcher.grouping, server.batcher.call_cost, gauge, server.batcher.sort_window)
+        finally:
+            await server.stop(0)
+    grouping, cost, gauge, window = lines["measured"]
+    assert grouping == "cost" and cost is not None and cost.per_call_s + cost.per_token_s > 0 and window == 128
+    assert gauge == (cost.per_call_s, cost.per_token_s)
+    assert lines["given"][1] == CallCost(0.0025, 0.00004) and lines["given"][2] == (0.0025, 0.00004)
+    assert lines["fill"][0] == "fill" and lines["fill"][1] is None and lines["fill"][3] == 32
