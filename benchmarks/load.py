@@ -1,0 +1,207 @@
+"""The closed-loop clients of `gamjeong bench server`: at concurrency C, C clients each send a request, wait for its
+answer and send the next until a deadline, counting latencies, texts and refused calls.
+
+gRPC modes go through the async Python client over one channel; `http` uses a minimal keep-alive HTTP/1.1 client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from gamjeong.errors import GamjeongError
+
+# A refused call (e.g. RESOURCE_EXHAUSTED from a full queue) is counted, and its client waits this long before the next
+# one, as a real client backs off: an instant retry loop would only burn the CPU the server needs.
+ERROR_BACKOFF_S = 0.1
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.texts = 0
+        self.errors: dict[str, int] = {}
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+async def _unary_client(client, texts: list[str], offset: int, stop_at: float, tally: _Tally) -> None:
+    import grpc
+
+    i = offset
+    while time.perf_counter() < stop_at:
+        text = texts[i % len(texts)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            await client.classify([text])
+        except grpc.aio.AioRpcError as exc:
+            tally.error(exc.code().name)
+            await asyncio.sleep(ERROR_BACKOFF_S)
+            continue
+        tally.latencies.append(time.perf_counter() - t0)
+        tally.texts += 1
+
+
+class _HttpConnection:
+    """A minimal keep-alive HTTP/1.1 client for POST /v1/classify: one connection per benchmark client.
+
+    Not httpx: on 2 cores its connection pool was the bottleneck (about 70 requests/s at 64 clients against a server
+    that answers 600+ to this loop), and the benchmark is about the server; gRPC's side uses grpc's C-core client.
+    """
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        import json
+
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        self.writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, json.loads(await self.reader.readexactly(length))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _http_client(http: str, texts: list[str], offset: int, stop_at: float, tally: _Tally) -> None:
+    """`unary` over HTTP/JSON: one text per POST /v1/classify on a keep-alive connection, the JSON parsed."""
+    connection = _HttpConnection(http)
+    i = offset
+    try:
+        while time.perf_counter() < stop_at:
+            text = texts[i % len(texts)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                status, answer = await connection.post("/v1/classify", {"texts": [text]})
+            except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+                tally.error(type(exc).__name__)
+                connection.close()
+                connection = _HttpConnection(http)
+                await asyncio.sleep(ERROR_BACKOFF_S)
+                continue
+            if status != 200:
+                tally.error(str(answer.get("error", {}).get("code", status)))
+                await asyncio.sleep(ERROR_BACKOFF_S)
+                continue
+            tally.latencies.append(time.perf_counter() - t0)
+            tally.texts += len(answer["results"])
+    finally:
+        connection.close()
+
+
+async def _run_http_load(http: str, concurrency: int, seconds: float, texts: list[str]) -> _Tally:
+    tally = _Tally()
+    stop_at = time.perf_counter() + seconds
+    offsets = [(k * 7919) % len(texts) for k in range(concurrency)]
+    started = time.perf_counter()
+    await asyncio.gather(*[_http_client(http, texts, o, stop_at, tally) for o in offsets])
+    tally.elapsed = time.perf_counter() - started  # type: ignore[attr-defined]
+    return tally
+
+
+async def _stream_client(client, texts: list[str], offset: int, stop_at: float, tally: _Tally, size: int) -> None:
+    import grpc
+
+    i = offset
+    while time.perf_counter() < stop_at:
+        batch = [texts[(i + j) % len(texts)] for j in range(size)]
+        i += size
+        t0 = time.perf_counter()
+        try:
+            received = 0
+            async for _ in client.classify_stream(batch):
+                received += 1
+        except grpc.aio.AioRpcError as exc:
+            tally.error(exc.code().name)
+            await asyncio.sleep(ERROR_BACKOFF_S)
+            continue
+        tally.latencies.append(time.perf_counter() - t0)
+        tally.texts += received
+
+
+async def _chat_client(client, texts: list[str], offset: int, stop_at: float, tally: _Tally) -> None:
+    """One open ClassifyChat stream; the next message goes out when the previous reply has come back."""
+    import grpc
+
+    from gamjeong.clients import ChatMessage
+
+    outbox: asyncio.Queue[ChatMessage | None] = asyncio.Queue()
+
+    async def messages():
+        while (message := await outbox.get()) is not None:
+            yield message
+
+    sent = 0
+
+    def send() -> None:
+        nonlocal sent
+        outbox.put_nowait(ChatMessage(id=str(sent), text=texts[(offset + sent) % len(texts)]))
+        sent += 1
+
+    send()
+    t0 = time.perf_counter()
+    try:
+        async for reply in client.chat(messages(), timeout=None):
+            now = time.perf_counter()
+            if reply.ok:
+                tally.latencies.append(now - t0)
+                tally.texts += 1
+            else:
+                tally.error(reply.error_code.name if reply.error_code else "UNKNOWN")
+            if now >= stop_at:
+                outbox.put_nowait(None)  # half-close: the server ends the stream after the last reply
+            else:
+                t0 = time.perf_counter()
+                send()
+    except grpc.aio.AioRpcError as exc:
+        tally.error(exc.code().name)
+
+
+async def run_load(
+    target: str,
+    mode: str,
+    concurrency: int,
+    seconds: float,
+    texts: list[str],
+    stream_texts: int,
+    http: str | None = None,
+) -> _Tally:
+    from gamjeong.clients import AsyncEmotionClient
+
+    if mode == "http":
+        if http is None:
+            raise GamjeongError("The http mode needs the server's HTTP address (--http HOST:PORT with --target).")
+        return await _run_http_load(http, concurrency, seconds, texts)
+    tally = _Tally()
+    # a generous deadline: at high concurrency a bulk stream waits behind many others on a 2-core CPU
+    async with AsyncEmotionClient(target, timeout=600.0) as client:
+        stop_at = time.perf_counter() + seconds
+        offsets = [(k * 7919) % len(texts) for k in range(concurrency)]  # clients walk the texts from different places
+        if mode == "unary":
+            workers = [_unary_client(client, texts, o, stop_at, tally) for o in offsets]
+        elif mode == "stream":
+            workers = [_stream_client(client, texts, o, stop_at, tally, stream_texts) for o in offsets]
+        else:
+            workers = [_chat_client(client, texts, o, stop_at, tally) for o in offsets]
+        started = time.perf_counter()
+        await asyncio.gather(*workers)
+        tally.elapsed = time.perf_counter() - started  # type: ignore[attr-defined]
+    return tally
