@@ -192,5 +192,50 @@ def server_command(
     console.print(f"wrote {paths['json']}, {paths['markdown']}, {paths['chart']}")
 
 
+@bench_app.command("peers")
+def peers_command(
+    model: Path = typer.Option(..., "--model", help="Exported directory (int8 ONNX) that both servers serve."),
+    concurrencies: str | None = typer.Option(None, help="Comma-separated client counts [default: 1,16,64]."),
+    duration: float = typer.Option(10.0, min=0.1, help="Timed seconds per server, transport and concurrency."),
+    warmup: float = typer.Option(1.0, min=0, help="Untimed seconds of the same load before each timed run."),
+    data: Path | None = typer.Option(
+        None, help="Labelled data file whose texts are sent (default: the shipped GoEmotions-Korean subset)."
+    ),
+    output: Path = typer.Option(Path("bench-results/peers"), help="Folder for results.json, results.md and logs."),
+    infinity_venv: Path | None = typer.Option(
+        None,
+        help="Virtualenv for infinity-emb, created and installed on first use [default: ~/.cache/gamjeong/peers/infinity-venv].",
+    ),
+    agreement_texts: int = typer.Option(32, min=0, help="Texts both classify one at a time, answers compared."),
+) -> None:
+    """gamjeong (gRPC and HTTP) against infinity-emb (its optimum engine on the same ONNX file), the same load and texts."""
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from .peers import PeersConfig, print_peers_results, run_peers_benchmark, write_peers_results
+
+    try:
+        config = PeersConfig(
+            model=model,
+            duration_s=duration,
+            warmup_s=warmup,
+            data=data,
+            output=output,
+            infinity_venv=infinity_venv,
+            agreement_texts=agreement_texts,
+            **({"concurrencies": _int_list(concurrencies, "--concurrencies")} if concurrencies else {}),
+        )
+    except ValidationError as exc:
+        raise flag_error(exc) from None
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    err = Console(stderr=True)
+    results = run_peers_benchmark(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
+    paths = write_peers_results(results, config.output)
+    print_peers_results(results, console)
+    console.print(f"wrote {paths['json']}, {paths['markdown']}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gamjeong.errors import GamjeongError
@@ -46,7 +48,7 @@ async def _unary_client(client, texts: list[str], offset: int, stop_at: float, t
 
 
 class _HttpConnection:
-    """A minimal keep-alive HTTP/1.1 client for POST /v1/classify: one connection per benchmark client.
+    """A minimal keep-alive HTTP/1.1 client for JSON POSTs (POST /v1/classify): one connection per benchmark client.
 
     Not httpx: on 2 cores its connection pool was the bottleneck (about 70 requests/s at 64 clients against a server
     that answers 600+ to this loop), and the benchmark is about the server; gRPC's side uses grpc's C-core client.
@@ -80,8 +82,25 @@ class _HttpConnection:
             self.writer.close()
 
 
-async def _http_client(http: str, texts: list[str], offset: int, stop_at: float, tally: _Tally) -> None:
-    """`unary` over HTTP/JSON: one text per POST /v1/classify on a keep-alive connection, the JSON parsed."""
+@dataclass(frozen=True)
+class HttpApi:
+    """What one HTTP classification call looks like: the path, the JSON body for one text, and how many texts an
+    answer holds (gamjeong's POST /v1/classify by default; `gamjeong bench peers` gives infinity-emb's /classify)."""
+
+    path: str = "/v1/classify"
+    body: Callable[[str], dict[str, Any]] = lambda text: {"texts": [text]}
+    answered: Callable[[dict[str, Any]], int] = lambda answer: len(answer["results"])
+
+
+def _error_code(answer: Any, status: int) -> str:
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return str(error.get("code", status)) if isinstance(error, dict) else str(status)
+
+
+async def _http_client(
+    http: str, texts: list[str], offset: int, stop_at: float, tally: _Tally, api: HttpApi = HttpApi()
+) -> None:
+    """`unary` over HTTP/JSON: one text per POST (`api.path`) on a keep-alive connection, the JSON parsed."""
     connection = _HttpConnection(http)
     i = offset
     try:
@@ -90,7 +109,7 @@ async def _http_client(http: str, texts: list[str], offset: int, stop_at: float,
             i += 1
             t0 = time.perf_counter()
             try:
-                status, answer = await connection.post("/v1/classify", {"texts": [text]})
+                status, answer = await connection.post(api.path, api.body(text))
             except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
                 tally.error(type(exc).__name__)
                 connection.close()
@@ -98,21 +117,24 @@ async def _http_client(http: str, texts: list[str], offset: int, stop_at: float,
                 await asyncio.sleep(ERROR_BACKOFF_S)
                 continue
             if status != 200:
-                tally.error(str(answer.get("error", {}).get("code", status)))
+                tally.error(_error_code(answer, status))
                 await asyncio.sleep(ERROR_BACKOFF_S)
                 continue
             tally.latencies.append(time.perf_counter() - t0)
-            tally.texts += len(answer["results"])
+            tally.texts += api.answered(answer)
     finally:
         connection.close()
 
 
-async def _run_http_load(http: str, concurrency: int, seconds: float, texts: list[str]) -> _Tally:
+async def run_http_load(
+    http: str, concurrency: int, seconds: float, texts: list[str], api: HttpApi = HttpApi()
+) -> _Tally:
+    """Closed-loop HTTP load: `concurrency` keep-alive clients, one text per request, for `seconds`."""
     tally = _Tally()
     stop_at = time.perf_counter() + seconds
     offsets = [(k * 7919) % len(texts) for k in range(concurrency)]
     started = time.perf_counter()
-    await asyncio.gather(*[_http_client(http, texts, o, stop_at, tally) for o in offsets])
+    await asyncio.gather(*[_http_client(http, texts, o, stop_at, tally, api) for o in offsets])
     tally.elapsed = time.perf_counter() - started  # type: ignore[attr-defined]
     return tally
 
@@ -189,7 +211,7 @@ async def run_load(
     if mode == "http":
         if http is None:
             raise GamjeongError("The http mode needs the server's HTTP address (--http HOST:PORT with --target).")
-        return await _run_http_load(http, concurrency, seconds, texts)
+        return await run_http_load(http, concurrency, seconds, texts)
     tally = _Tally()
     # a generous deadline: at high concurrency a bulk stream waits behind many others on a 2-core CPU
     async with AsyncEmotionClient(target, timeout=600.0) as client:
