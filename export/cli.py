@@ -52,6 +52,12 @@ def export_command(
     min_confident_agreement: float = typer.Option(
         0.99, "--min-confident-agreement", help="int8: argmax agreement required on the confident texts."
     ),
+    drop_confidence: float = typer.Option(
+        0.95,
+        "--drop-confidence",
+        help="int8: a quality drop beyond --max-quality-drop fails only when the export scores below PyTorch in at "
+        "least this share of paired bootstrap resamples of the texts (0: the point estimate alone).",
+    ),
     search: bool = typer.Option(
         True,
         "--search/--no-search",
@@ -86,6 +92,7 @@ def export_command(
         max_quality_drop=max_quality_drop,
         confident_margin=confident_margin,
         min_confident_agreement=min_confident_agreement,
+        drop_confidence=drop_confidence,
         search=search,
         max_candidates=max_candidates,
         sensitivity_texts=sensitivity_texts,

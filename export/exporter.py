@@ -74,6 +74,12 @@ class ExportConfig(BaseModel):
     min_confident_agreement: float = Field(
         0.99, ge=0.0, le=1.0, description="int8: argmax agreement required on the confident texts."
     )
+    drop_confidence: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="int8: a drop beyond the tolerance must show in this share of paired bootstrap resamples to fail.",
+    )
     search: bool = Field(
         True, description="int8: try fallbacks (fp32 for the most sensitive layers) until the gate passes."
     )
@@ -99,6 +105,8 @@ class ExportConfig(BaseModel):
             max_quality_drop=self.max_quality_drop / 100,
             confident_margin=self.confident_margin,
             min_confident_agreement=self.min_confident_agreement,
+            drop_confidence=self.drop_confidence,
+            seed=self.seed,
         )
 
 

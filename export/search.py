@@ -311,6 +311,9 @@ def search(
 def _judged(runner: CandidateRunner, spec: CandidateSpec, say: Report, reuse=None) -> Evaluated:
     result = runner.evaluate(spec, reuse)
     verdict = "passes" if result.decision.passed else "fails: " + "; ".join(result.decision.reasons)
+    notes: list[str] = result.decision.figures.get("notes", [])  # type: ignore[assignment]
+    if notes:
+        verdict += f" ({'; '.join(notes)})"
     say(f"candidate '{spec.name}' {verdict}")
     return result
 

@@ -86,6 +86,16 @@ def test_per_channel_that_passes_is_the_only_candidate(plain_dir: Path, tmp_path
     assert quantization["latency_ms_1x32"] > 0 and search["latency_ms_1x32"]["onnx_fp32"] > 0
     assert manifest["parity"]["rule"] == "quality" and manifest["parity"]["passed"] is True
     assert "dynamic per-channel" in result.output  # the printed table
+    # weights-only int8: the products of two activations (attention scores, softmax x values) stay fp32 MatMuls
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    weights = {init.name for init in graph.initializer}
+    activation_products = [
+        n.name for n in graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)
+    ]
+    assert len(activation_products) == quantization["fp32_activation_matmuls"] == 4  # 2 layers x 2
+    assert not any(n.op_type == "MatMul" and any(i in weights for i in n.input) for n in graph.node)
 
 
 def test_search_keeps_the_sensitive_layer_in_fp32(plain_dir: Path, tmp_path: Path, layer1_sensitive) -> None:
