@@ -275,6 +275,13 @@ def server_summary_lines(server: dict[str, Any]) -> list[str]:
                 f"overhead at 1 client: +{_cell(ratio['p50_overhead_ms_at_c1'])} ms p50 "
                 f"(×{_cell(ratio['p50_latency_ratio_at_c1'])} of raw)"
             )
+        if "p50_overhead_ms_at_c1_paired" in ratio:
+            paired = server["paired_c1"]
+            parts.append(
+                f"paired ({paired['calls']} texts, raw then server): median overhead "
+                f"{ratio['p50_overhead_ms_at_c1_paired']:+.2f} ms (raw p50 {paired['raw_p50_ms']} ms, "
+                f"server p50 {paired['server_p50_ms']} ms)"
+            )
         if "throughput_ratio_at_highest" in ratio:
             parts.append(
                 f"throughput at {ratio['highest_concurrency']} clients: ×{_cell(ratio['throughput_ratio_at_highest'])} "

@@ -62,3 +62,11 @@ class Isolation(str, Enum):
 
     subprocess = "subprocess"
     inprocess = "inprocess"
+
+
+class EventLoop(str, Enum):
+    """auto: uvloop where it is installed (Linux, macOS), else asyncio's own loop."""
+
+    auto = "auto"
+    asyncio = "asyncio"
+    uvloop = "uvloop"

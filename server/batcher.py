@@ -93,6 +93,7 @@ class DynamicBatcher:
         grouping: Grouping = "fill",
         call_cost: CallCost | None = None,
         sort_window: int = 128,
+        inline_max_ms: float = 0.0,
     ) -> None:
         # Instance 0 is (predictor, executor); `more_instances` are the others, each its own session and thread.
         self._predictors: list[Predictor] = [predictor, *(p for p, _ in more_instances)]
@@ -107,6 +108,7 @@ class DynamicBatcher:
         # How many waiting texts are sorted together: more than one batch, so that a deep queue can be cut into calls
         # of similar lengths (the issue's measurement: sorting windows of 64 beat arrival-order batches of 32 by 1.7x).
         self.sort_window = max(sort_window, max_batch_size) if self.grouping == "cost" else max_batch_size
+        self.inline_max_s = inline_max_ms / 1000.0
         self._metrics = metrics
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -249,6 +251,9 @@ class DynamicBatcher:
                 # Earlier groups took time: check again just before this one runs.
                 now = loop.time()
                 group = [taken[i] for i in indices if self._is_live(taken[i], now)]
+                if group and self._runs_inline(group, len(taken)):
+                    self._run_inline(group, instance)
+                    continue
                 if group:
                     task = loop.create_task(self._run_group(loop, group, instance))
                     self._running.add(task)
@@ -256,6 +261,29 @@ class DynamicBatcher:
                     instance = None
             if instance is not None:
                 idle.put_nowait(instance)
+
+    def _runs_inline(self, group: list[_Queued], taken: int) -> bool:
+        """A lone text with nothing else waiting, on a model whose call for it is predicted to be short, runs right
+        here on the event loop: handing it to the model thread and back costs two thread wake-ups, most of the
+        server's overhead at one client. The loop is then busy for that one short call (the cost model's estimate,
+        at most `inline_max_s`); anything that arrives meanwhile waits as it would for a busy model."""
+        if self.inline_max_s <= 0 or self.call_cost is None or self.instances != 1:
+            return False
+        if taken != 1 or len(group) != 1 or self._queue:
+            return False
+        return self.call_cost.of(1, len(group[0].encoded.input_ids)) <= self.inline_max_s
+
+    def _run_inline(self, group: list[_Queued], instance: int) -> None:
+        started_ns = time.perf_counter_ns()
+        try:
+            probabilities = self._predictors[instance].predict_encoded([item.encoded for item in group])
+        except Exception as exc:
+            log.exception("model call failed", extra={"batch_size": len(group), "instance": instance})
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self._deliver(group, probabilities, started_ns)
 
     async def _run_group(self, loop: asyncio.AbstractEventLoop, group: list[_Queued], instance: int = 0) -> None:
         try:
@@ -278,7 +306,11 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        self._deliver(group, probabilities, started_ns)
+
+    def _deliver(self, group: list[_Queued], probabilities: np.ndarray, started_ns: int) -> None:
         inference_ns = time.perf_counter_ns() - started_ns
+        encoded = [item.encoded for item in group]
         width = max(len(e.input_ids) for e in encoded)
         self._metrics.batch_size.observe(len(group))
         self._metrics.batch_tokens.observe(len(group) * width)

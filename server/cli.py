@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from gamjeong.choices import Device, LogFormat, LogLevel, Runtime, Truncation
+from gamjeong.choices import Device, EventLoop, LogFormat, LogLevel, Runtime, Truncation
 from gamjeong.server.settings import ServerSettings
 
 
@@ -15,7 +15,7 @@ def _help(name: str) -> str:
     """A flag's help: its setting's description and default, written once on ServerSettings, and its variable."""
     field = ServerSettings.model_fields[name]
     default = field.default
-    shown = "" if field.is_required() or default is None else f" Default: {default}."
+    shown = "" if field.is_required() or default is None else f" Default: {getattr(default, 'value', default)}."
     return f"{field.description}{shown} [GAMJEONG_{name.upper()}]"
 
 
@@ -57,8 +57,11 @@ def serve(
     intra_op_spinning: bool = typer.Option(
         None,
         "--intra-op-spinning/--no-intra-op-spinning",
-        help="ONNX Runtime's idle threads spin-wait (default off: measured slower on shared or CPU-limited cores).",
+        help="ONNX Runtime's threads spin-wait while a call runs, and stop when it ends (default on; "
+        "--no-intra-op-spinning for cores shared with other work or under a CPU quota).",
     ),
+    inline_max_ms: float = typer.Option(None, help=_help("inline_max_ms"), show_default=False),
+    event_loop: EventLoop = typer.Option(None, help=_help("event_loop"), show_default=False),
     instances: int = typer.Option(None, help=_help("instances"), show_default=False),
     cache_size: int = typer.Option(None, help=_help("cache_size"), show_default=False),
     tls_cert: Path = typer.Option(None, help=_help("tls_cert"), show_default=False),
@@ -69,9 +72,7 @@ def serve(
     log_level: LogLevel = typer.Option(None, help=_help("log_level"), show_default=False),
 ) -> None:
     """Serve a model over gRPC with dynamic batching, health, reflection and Prometheus metrics."""
-    import asyncio
-
-    from gamjeong.server.app import GamjeongServer
+    from gamjeong.server.app import GamjeongServer, run_event_loop
     from gamjeong.server.logs import structured_logging
     from gamjeong.server.settings import load_settings
 
@@ -106,6 +107,8 @@ def serve(
         drain_s=drain_s,
         intra_op_threads=intra_op_threads,
         intra_op_spinning=intra_op_spinning,
+        inline_max_ms=inline_max_ms,
+        event_loop=event_loop,
         instances=instances,
         cache_size=cache_size,
         tls_cert=tls_cert,
@@ -116,7 +119,7 @@ def serve(
         log_level=log_level,
     )
     with structured_logging(settings.log_format, settings.log_level):
-        asyncio.run(GamjeongServer(settings).serve_until_signalled())
+        run_event_loop(GamjeongServer(settings).serve_until_signalled(), settings.event_loop)
     _exit_now()
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gamjeong.choices import EventLoop
 from gamjeong.errors import GamjeongError, flag_error
 
 TruncationPolicy = Literal["truncate", "refuse"]
@@ -52,6 +53,11 @@ class ServerSettings(BaseSettings):
     sort_window: int = Field(
         128, ge=1, le=4096, description="Most waiting texts sorted together and split by --grouping cost."
     )
+    # A lone text on an idle server is run on the event loop itself when its call is predicted to take at most this
+    # long (server/batcher.py says why); 0 turns it off, and so does --instances > 1.
+    inline_max_ms: float = Field(
+        20.0, ge=0, le=1000, description="Run a lone text on the event loop when its call takes <= this (0: never)."
+    )
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one Classify request.")
     max_stream_texts: int = Field(100_000, ge=1, description="Most texts in one ClassifyStream request.")
     max_queue_size: int = Field(1024, ge=1, description="Most texts waiting for the model; beyond: RESOURCE_EXHAUSTED.")
@@ -75,13 +81,15 @@ class ServerSettings(BaseSettings):
         3.0, ge=0, description="Seconds of NOT_SERVING while still serving, before new calls are refused (<= grace)."
     )
     intra_op_threads: int | None = Field(None, ge=1, description="Threads per model call (default: the runtime's).")
-    # Off by default, measured (docs/benchmarks.md, "Throughput on real text"): on 2 shared cores, spinning threads
-    # made one call 1.9x slower (13.9 vs 7.4 ms at one client) and the server 1.7x slower at 64 clients; idle CPU was
-    # ~0 either way (ONNX Runtime's threads block after a while). On dedicated cores spinning may shave microseconds.
+    # On: the intra-op threads spin between the operators of a call and stop when it ends (gamjeong.onnx_runtime), so
+    # one text takes ~4.5 instead of ~6 ms on 2 cores and an idle or slow-fed server burns no core. Off for cores
+    # shared with other work or under a CPU quota (the Kubernetes manifests): there a spinning thread takes the CPU
+    # the others need (measured 1.7x slower at 64 clients with another job holding a core; docs/benchmarks.md).
     intra_op_spinning: bool = Field(
-        False,
-        description="Let ONNX Runtime's idle intra-op threads spin-wait (on: for dedicated, otherwise idle cores).",
+        True,
+        description="ONNX Runtime's threads spin-wait while a call runs (off: for shared or CPU-limited cores).",
     )
+    event_loop: EventLoop = Field(EventLoop.auto, description="auto: uvloop where installed, else asyncio's loop.")
     # Triton-style instance groups: N sessions, one batch each at a time, fed by the one batcher. On a many-core
     # machine N sessions of few threads each keep more cores busy than one session of many (docs/benchmarks.md).
     instances: int = Field(1, ge=1, le=64, description="Model instances (inference sessions) fed by the one batcher.")

@@ -213,3 +213,67 @@ async def test_the_server_times_its_cost_line_or_takes_the_given_one(tiny_int8_d
     assert gauge == (cost.per_call_s, cost.per_token_s)
     assert lines["given"][1] == CallCost(0.0025, 0.00004) and lines["given"][2] == (0.0025, 0.00004)
     assert lines["fill"][0] == "fill" and lines["fill"][1] is None and lines["fill"][3] == 32
+
+
+class _ThreadRecorder:
+    """Wraps a predictor and writes down the thread each model call ran on and how many texts it had."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.calls: list[tuple[str, int]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.predictor, name)
+
+    def predict_encoded(self, encoded):
+        import threading
+
+        self.calls.append((threading.current_thread().name, len(encoded)))
+        return self.predictor.predict_encoded(encoded)
+
+
+async def _run(predictor: Predictor, inline_max_ms: float, per_call_s: float, batches: list[list[str]]) -> list:
+    recorder = _ThreadRecorder(predictor)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    batcher = DynamicBatcher(
+        recorder,  # type: ignore[arg-type]
+        max_batch_size=8,
+        max_batch_tokens=4096,
+        max_wait_ms=0,
+        max_queue_size=64,
+        executor=executor,
+        metrics=ServerMetrics(),
+        grouping="cost",
+        call_cost=CallCost(per_call_s=per_call_s, per_token_s=1e-6),
+        inline_max_ms=inline_max_ms,
+    )
+    batcher.start()
+    outcomes = []
+    try:
+        for texts in batches:  # one submission at a time, each awaited: a lone text on an idle batcher
+            outcomes += await asyncio.gather(*batcher.submit(predictor.encode(texts)))
+    finally:
+        await batcher.stop()
+        executor.shutdown()
+    return [recorder.calls, outcomes]
+
+
+async def test_a_lone_cheap_text_runs_on_the_event_loop_and_anything_else_in_the_model_thread(
+    fp32_predictor: Predictor,
+) -> None:
+    import threading
+
+    loop_thread = threading.current_thread().name
+    # cheap (1 ms predicted) lone texts: on the loop itself, same answers as a direct call
+    calls, outcomes = await _run(fp32_predictor, 20.0, 0.001, [[TEXTS[0]], [TEXTS[1]]])
+    assert calls == [(loop_thread, 1), (loop_thread, 1)]
+    for text, outcome in zip(TEXTS[:2], outcomes, strict=True):
+        np.testing.assert_allclose(outcome.probabilities, fp32_predictor.predict_proba([text])[0], atol=1e-5)
+        assert outcome.batch_size == 1 and outcome.inference_time_ns > 0
+    # a call predicted dearer than the limit, several texts at once, or the feature off: the model thread
+    calls, _ = await _run(fp32_predictor, 20.0, 0.050, [[TEXTS[0]]])
+    assert [thread for thread, _ in calls] != [loop_thread] and calls[0][0].startswith("model")
+    calls, _ = await _run(fp32_predictor, 20.0, 0.001, [TEXTS[:3]])
+    assert all(thread.startswith("model") for thread, _ in calls) and sum(n for _, n in calls) == 3
+    calls, _ = await _run(fp32_predictor, 0.0, 0.0, [[TEXTS[0]]])
+    assert calls[0][0].startswith("model")

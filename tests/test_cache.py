@@ -95,7 +95,7 @@ def test_keys_follow_the_tokenizer_normaliser_truncation_mode_and_length(tiny_in
 # --- in the server ----------------------------------------------------------------------------------------------
 async def test_a_repeated_text_is_answered_from_the_cache_without_the_model(make_server, predictor) -> None:
     gated = Gated(predictor)
-    server = await make_server(gated, cache_size=64)
+    server = await make_server(gated, cache_size=64, inline_max_ms=0)  # gated: off the event loop
     async with AsyncEmotionClient(f"127.0.0.1:{server.port}", max_attempts=1) as client:
         (first,) = await client.classify(["ㅋㅋㅋ"])
         ran = gated.texts_run

@@ -40,6 +40,8 @@ async def make_server(tiny_int8_dir: Path, predictor: Predictor) -> AsyncIterato
 
     async def start(used: Predictor | None = None, **overrides: object) -> GamjeongServer:
         values = {"model": tiny_int8_dir, "host": "127.0.0.1", "port": 0, "metrics_port": -1, "http_port": 0}
+        # a gated model must run in the model thread, not on the event loop (see test_server.make_server)
+        values["inline_max_ms"] = 0 if isinstance(used, GatedPredictor) else None
         settings = load_settings(**(values | {"grace_s": 5, "drain_s": 0} | overrides))
         server = GamjeongServer(settings, predictor_factory=lambda: used or predictor)
         servers.append(server)

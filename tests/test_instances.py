@@ -104,5 +104,9 @@ def test_intra_op_spinning_reaches_the_session(tiny_int8_dir: Path) -> None:
     quiet = load_predictor(tiny_int8_dir, intra_op_threads=2, intra_op_spinning=False)
     assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
     assert quiet.predict_proba(TEXTS[:3]).shape == (3, 7)
-    settings = load_settings(model=tiny_int8_dir, intra_op_spinning="true")  # as GAMJEONG_INTRA_OP_SPINNING
-    assert settings.intra_op_spinning is True and load_settings(model=tiny_int8_dir).intra_op_spinning is False
+    # on: spin while a call runs, stop when it ends (an idle server burns no core)
+    options = load_predictor(tiny_int8_dir, intra_op_spinning=True).session.get_session_options()
+    assert options.get_session_config_entry(key) == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    settings = load_settings(model=tiny_int8_dir, intra_op_spinning="false")  # as GAMJEONG_INTRA_OP_SPINNING
+    assert settings.intra_op_spinning is False and load_settings(model=tiny_int8_dir).intra_op_spinning is True

@@ -95,8 +95,12 @@ async def make_server(tiny_int8_dir: Path, predictor: Predictor) -> AsyncIterato
     servers: list[GamjeongServer] = []
 
     async def start(predictor_used: Predictor | None = None, *, wait: bool = True, **overrides: object):
-        settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, grace_s=5, **overrides)
         used = predictor_used or predictor
+        if isinstance(used, GatedPredictor):
+            # a lone cheap text may run on the event loop (server/batcher.py), where a closed gate would also block
+            # the test that is to open it: gated models run in the model thread
+            overrides.setdefault("inline_max_ms", 0)
+        settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, grace_s=5, **overrides)
         server = GamjeongServer(settings, predictor_factory=lambda: used)
         servers.append(server)
         if wait:

@@ -78,3 +78,26 @@ def test_serve_without_a_model_is_one_sentence(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "error:" in result.output and "neither a trained nor an exported" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_event_loop_is_uvloop_where_installed_and_asyncio_on_request(monkeypatch) -> None:
+    import asyncio
+
+    import pytest
+
+    from gamjeong.errors import GamjeongError
+    from gamjeong.server.app import run_event_loop
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__)
+
+    run_event_loop(main(), "auto")
+    run_event_loop(main(), "asyncio")
+    assert seen[0].startswith("uvloop") and seen[1].startswith("asyncio")
+    monkeypatch.setitem(__import__("sys").modules, "uvloop", None)  # as if it were not installed
+    run_event_loop(main(), "auto")
+    assert seen[2].startswith("asyncio")
+    with pytest.raises(GamjeongError, match="pip install uvloop"):
+        run_event_loop(main(), "uvloop")
