@@ -205,6 +205,10 @@ class DynamicBatcher:
         while not self._queue:
             self._wakeup.clear()
             await self._wakeup.wait()
+        if len(self._queue) == 1:
+            # One turn of the loop: calls whose handlers are already scheduled (e.g. read while the model ran) queue
+            # their texts too, instead of each running alone.
+            await asyncio.sleep(0)
         oldest_ns = self._queue[0].enqueued_ns
         while len(self._queue) < self.max_batch_size:
             remaining = self.max_wait_s - (time.perf_counter_ns() - oldest_ns) / 1e9

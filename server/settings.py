@@ -53,10 +53,11 @@ class ServerSettings(BaseSettings):
     sort_window: int = Field(
         128, ge=1, le=4096, description="Most waiting texts sorted together and split by --grouping cost."
     )
-    # A lone text on an idle server is run on the event loop itself when its call is predicted to take at most this
-    # long (server/batcher.py says why); 0 turns it off, and so does --instances > 1.
+    # A lone text on an idle server can run on the event loop itself, saving two thread switches (server/batcher.py).
+    # Off by default: it cut the one-client overhead by 0.2-0.5 ms in paired runs, but blocks the loop for the call,
+    # and throughput at 16 and 64 clients was less steady with it (docs/benchmarks.md).
     inline_max_ms: float = Field(
-        20.0, ge=0, le=1000, description="Run a lone text on the event loop when its call takes <= this (0: never)."
+        0.0, ge=0, le=1000, description="Run a lone text on the event loop when its call takes <= this (0: never)."
     )
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one Classify request.")
     max_stream_texts: int = Field(100_000, ge=1, description="Most texts in one ClassifyStream request.")
