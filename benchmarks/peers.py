@@ -30,7 +30,7 @@ from gamjeong.errors import GamjeongError
 
 from .load import HttpApi, run_http_load
 from .report import _cell, _markdown_table
-from .server_process import free_port
+from .server_process import free_port, stop_process
 
 INFINITY_VERSION = "0.0.78"
 INFINITY_REQUIREMENT = f"infinity-emb[optimum,server]=={INFINITY_VERSION}"
@@ -183,12 +183,7 @@ def started_infinity(
                 time.sleep(0.5)
             yield address, process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 # --- answers ---------------------------------------------------------------------------------------------------------

@@ -91,12 +91,17 @@ def started_server(
             wait_until_serving(target, config.startup_timeout_s, process, log)
             yield target, f"127.0.0.1:{metrics_port}"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s: a benchmarked server gets its graceful shutdown, but never hangs the run."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------------

@@ -282,10 +282,7 @@ class DynamicBatcher:
         try:
             probabilities = self._predictors[instance].predict_encoded([item.encoded for item in group])
         except Exception as exc:
-            log.exception("model call failed", extra={"batch_size": len(group), "instance": instance})
-            for item in group:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            self._fail(group, exc, instance)
             return
         self._deliver(group, probabilities, started_ns)
 
@@ -304,13 +301,18 @@ class DynamicBatcher:
             probabilities = await loop.run_in_executor(self._executors[instance], predictor.predict_encoded, encoded)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a model failure fails this group's calls, not the server
-            log.exception("model call failed", extra={"batch_size": len(group), "instance": instance})
-            for item in group:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+        except Exception as exc:
+            self._fail(group, exc, instance)
             return
         self._deliver(group, probabilities, started_ns)
+
+    @staticmethod
+    def _fail(group: list[_Queued], exc: Exception, instance: int) -> None:
+        """A model failure fails this group's calls, not the server."""
+        log.exception("model call failed", exc_info=exc, extra={"batch_size": len(group), "instance": instance})
+        for item in group:
+            if not item.future.done():
+                item.future.set_exception(exc)
 
     def _deliver(self, group: list[_Queued], probabilities: np.ndarray, started_ns: int) -> None:
         inference_ns = time.perf_counter_ns() - started_ns
