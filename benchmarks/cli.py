@@ -26,6 +26,15 @@ def _int_list(value: str | None, flag: str) -> list[int] | None:
     return numbers
 
 
+def _consoles():
+    """The results console and the progress one (stderr). Piped to a file, rich's 80-column default would squeeze
+    the tables, so a console that is not a terminal is 200 wide."""
+    from rich.console import Console
+
+    console = Console()
+    return (console if console.is_terminal else Console(width=200)), Console(stderr=True)
+
+
 def _str_list(value: str | None) -> list[str] | None:
     return None if value is None else [part.strip() for part in value.split(",") if part.strip()]
 
@@ -67,7 +76,6 @@ def model_command(
 ) -> None:
     """Latency, throughput, memory and agreement of PyTorch and ONNX Runtime backends over a batch × length grid."""
     from pydantic import ValidationError
-    from rich.console import Console
 
     from .model_bench import ModelBenchConfig, quick_settings, run_model_benchmark
     from .report import print_model_results, write_model_results
@@ -99,10 +107,7 @@ def model_command(
     except ValidationError as exc:
         raise flag_error(exc) from None
     config = quick_settings(config, explicit)
-    console = Console()
-    if not console.is_terminal:  # piped to a file: rich's 80-column default would squeeze the tables
-        console = Console(width=200)
-    err = Console(stderr=True)
+    console, err = _consoles()
     results = run_model_benchmark(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
     paths = write_model_results(results, config.output)
     print_model_results(results, console)
@@ -150,7 +155,6 @@ def server_command(
 ) -> None:
     """The gRPC server end to end (unary, server streaming, chat) against the raw predictor on the same texts."""
     from pydantic import ValidationError
-    from rich.console import Console
 
     from .report import print_server_results, write_server_results
     from .server_bench import ServerBenchConfig, quick_settings, run_server_benchmark
@@ -182,10 +186,7 @@ def server_command(
     except ValidationError as exc:
         raise flag_error(exc) from None
     config = quick_settings(config, explicit)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    err = Console(stderr=True)
+    console, err = _consoles()
     results = run_server_benchmark(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
     paths = write_server_results(results, config.output)
     print_server_results(results, console)
@@ -210,7 +211,6 @@ def peers_command(
 ) -> None:
     """gamjeong (gRPC and HTTP) against infinity-emb (its optimum engine on the same ONNX file), the same load and texts."""
     from pydantic import ValidationError
-    from rich.console import Console
 
     from .peers import PeersConfig, print_peers_results, run_peers_benchmark, write_peers_results
 
@@ -227,10 +227,7 @@ def peers_command(
         )
     except ValidationError as exc:
         raise flag_error(exc) from None
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    err = Console(stderr=True)
+    console, err = _consoles()
     results = run_peers_benchmark(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
     paths = write_peers_results(results, config.output)
     print_peers_results(results, console)
