@@ -282,6 +282,13 @@ def server_summary_lines(server: dict[str, Any]) -> list[str]:
                 f"{ratio['p50_overhead_ms_at_c1_paired']:+.2f} ms (raw p50 {paired['raw_p50_ms']} ms, "
                 f"server p50 {paired['server_p50_ms']} ms)"
             )
+        if "throughput_ratio_at_highest_paired" in ratio:
+            paired = server["paired_throughput"]
+            parts.append(
+                f"paired at {paired['concurrency']} clients (raw best grouping and server alternating): "
+                f"×{_cell(ratio['throughput_ratio_at_highest_paired'])} (raw {paired['raw_texts_per_s']}, "
+                f"server {paired['server_texts_per_s']} texts/s)"
+            )
         if "throughput_ratio_at_highest" in ratio:
             parts.append(
                 f"throughput at {ratio['highest_concurrency']} clients: ×{_cell(ratio['throughput_ratio_at_highest'])} "

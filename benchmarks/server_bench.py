@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from .environment import environment
 from .grouped import grouping_comparison
 from .load import ERROR_BACKOFF_S, run_load
 from .model_bench import default_cache_dir
+from .paired import paired_overhead, paired_throughput
 from .server_process import batch_delta, free_port, scrape_batch_sizes, started_server, wait_until_serving
 from .texts import load_texts
 
@@ -153,58 +153,6 @@ def measure_raw(
     del predictor
     gc.collect()
     return result
-
-
-def measure_paired_overhead(
-    model_dir: Path,
-    target: str,
-    config: ServerBenchConfig,
-    texts: list[str],
-    seconds: float,
-) -> dict[str, Any]:
-    """The server's own cost at one client, paired: each text goes to the raw predictor and then to the server, one
-    right after the other, and the overhead is the median of the per-text differences. Timing the two minutes apart
-    (as the unpaired p50s do) leaves the answer to this machine's drift: on a shared VM the raw p50 alone moved
-    between 4.3 and 6.9 ms from one run to the next. The predictor lives in this process, the server in its own;
-    while one runs the other is idle."""
-    from gamjeong.clients import EmotionClient
-    from gamjeong.predictor import load_predictor
-
-    predictor = load_predictor(
-        model_dir,
-        backend=config.backend,  # type: ignore[arg-type]
-        intra_op_threads=config.threads,
-        intra_op_spinning=SERVER_SPINNING_DEFAULT if config.intra_op_spinning is None else config.intra_op_spinning,
-    )
-    raw_ms: list[float] = []
-    server_ms: list[float] = []
-    with EmotionClient(target) as client:
-        for text in texts[:5]:  # warm both up
-            predictor.predict_encoded(predictor.encode([text]))
-            client.classify([text])
-        started = time.perf_counter()
-        for i in range(100_000):
-            text = texts[i % len(texts)]
-            t0 = time.perf_counter()
-            predictor.predict_encoded(predictor.encode([text]))
-            t1 = time.perf_counter()
-            client.classify([text])
-            t2 = time.perf_counter()
-            raw_ms.append((t1 - t0) * 1000)
-            server_ms.append((t2 - t1) * 1000)
-            if t2 - started > seconds and i >= 19:
-                break
-    del predictor
-    gc.collect()
-    differences = [s - r for s, r in zip(server_ms, raw_ms, strict=True)]
-    return {
-        "calls": len(differences),
-        "raw_p50_ms": round(statistics.median(raw_ms), 3),
-        "server_p50_ms": round(statistics.median(server_ms), 3),
-        "overhead_p50_ms": round(statistics.median(differences), 3),
-        "method": "per text: the raw predictor, then the server (blocking gRPC client), back to back; the median of "
-        "the differences",
-    }
 
 
 # --- closed-loop load -----------------------------------------------------------------------------------------------
@@ -357,18 +305,35 @@ def run_server_benchmark(
             with started_server(model_dir, config, log, http_port) as (started_target, metrics):
                 http = None if http_port is None else f"127.0.0.1:{http_port}"
                 server, server_rows = measure_server(started_target, metrics, config, texts, progress, http)
-                if "unary" in config.modes and 1 in config.concurrencies:
-                    progress("one client, paired: each text through the raw predictor, then the server")
-                    paired = measure_paired_overhead(model_dir, started_target, config, texts, raw_seconds)
-                    server["paired_c1"] = paired
+                if "unary" in config.modes:
+                    from gamjeong.predictor import load_predictor
+
+                    progress("paired with the raw predictor: one client, then the highest concurrency")
+                    spinning = SERVER_SPINNING_DEFAULT if config.intra_op_spinning is None else config.intra_op_spinning
+                    predictor = load_predictor(
+                        model_dir,
+                        backend=config.backend,  # type: ignore[arg-type]
+                        intra_op_threads=config.threads,
+                        intra_op_spinning=spinning,
+                    )
+                    if 1 in config.concurrencies:
+                        server["paired_c1"] = paired_overhead(predictor, started_target, texts, raw_seconds)
+                    server["paired_throughput"] = paired_throughput(
+                        predictor, started_target, texts, max(config.concurrencies), batch_size, raw_seconds / 2
+                    )
+                    del predictor
+                    gc.collect()
             server["started_by_benchmark"] = True
         else:
             wait_until_serving(target, config.startup_timeout_s)
             server, server_rows = measure_server(target, config.metrics, config, texts, progress, config.http)
             server["target"] = target
         ratios = _ratios(server_rows, raw)
-        if ratios and "paired_c1" in server and "unary" in ratios:
-            ratios["unary"]["p50_overhead_ms_at_c1_paired"] = server["paired_c1"]["overhead_p50_ms"]
+        if ratios and "unary" in ratios:
+            if "paired_c1" in server:
+                ratios["unary"]["p50_overhead_ms_at_c1_paired"] = server["paired_c1"]["overhead_p50_ms"]
+            if "paired_throughput" in server:
+                ratios["unary"]["throughput_ratio_at_highest_paired"] = server["paired_throughput"]["ratio"]
         server |= {"model_dir": str(model_dir) if model_dir else None, "raw": raw, "ratios": ratios}
         if "http" in config.modes:
             server["http_vs_grpc_unary"] = http_overhead(server_rows)

@@ -33,6 +33,18 @@ def test_http_mode_runs_beside_unary_and_reports_the_overhead(tiny_int8_dir: Pat
         assert entry["http_p50_ms"] > 0 and entry["grpc_p50_ms"] > 0 and entry["throughput_ratio"] > 0
         assert entry["p50_overhead_ms"] == pytest.approx(entry["http_p50_ms"] - entry["grpc_p50_ms"], abs=1e-3)
     assert "http" in results["servers"][0]["ratios"]
+    # the paired measurements: raw and server alternating, so drift between them does not decide the ratio
+    server = results["servers"][0]
+    paired = server["paired_c1"]
+    assert paired["calls"] >= 20 and paired["raw_p50_ms"] > 0 and paired["server_p50_ms"] > 0
+    assert server["ratios"]["unary"]["p50_overhead_ms_at_c1_paired"] == paired["overhead_p50_ms"]
+    throughput = server["paired_throughput"]
+    assert throughput["concurrency"] == 3
+    assert len(throughput["raw_texts_per_s"]) == len(throughput["server_texts_per_s"]) == 3
+    assert min(throughput["raw_texts_per_s"]) > 0 and min(throughput["server_texts_per_s"]) > 0
+    expected = sum(throughput["server_texts_per_s"]) / sum(throughput["raw_texts_per_s"])
+    assert throughput["ratio"] == pytest.approx(expected, abs=1e-3)
+    assert server["ratios"]["unary"]["throughput_ratio_at_highest_paired"] == throughput["ratio"]
 
 
 def test_http_mode_against_a_target_needs_its_http_address(tmp_path: Path) -> None:
