@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,34 @@ def fake_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from fake_base_models import make_fake_index
 
     return make_fake_index(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+async def start_server(tiny_int8_dir: Path) -> AsyncIterator[Callable[..., object]]:
+    """Starts in-process servers on free local ports (the tiny int8 export unless `model` is given), with the given
+    predictor factory and settings; stops every one of them after the test. Test files wrap it as `make_server`."""
+    from gamjeong.server.app import GamjeongServer
+    from gamjeong.server.settings import load_settings
+
+    servers = []
+
+    async def start(predictor_factory=None, *, wait: bool = True, **overrides: object):
+        values = {"model": tiny_int8_dir, "host": "127.0.0.1", "port": 0, "metrics_port": -1} | overrides
+        server = GamjeongServer(load_settings(**values), predictor_factory=predictor_factory)
+        servers.append(server)
+        if wait:
+            await server.start()
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop(0)
+
+
+def as_vector(scores: dict[str, float]):
+    """A result's {label: probability} as a vector in label-id order."""
+    import numpy as np
+
+    from gamjeong.labels import LABEL_NAMES
+
+    return np.array([scores[name] for name in LABEL_NAMES], dtype=np.float32)

@@ -4,20 +4,19 @@ own earlier answer, keyed by the tokenizer-normalised text, the truncation mode 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from conftest import as_vector
 
 from gamjeong.clients import AsyncEmotionClient
-from gamjeong.labels import LABEL_NAMES
 from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.app import GamjeongServer
 from gamjeong.server.cache import MAX_CACHED_CHARS, ResultCache
 from gamjeong.server.metrics import ServerMetrics
-from gamjeong.server.settings import load_settings
 from gamjeong.tokenization import load_serving_tokenizer
 
 
@@ -43,23 +42,11 @@ def predictor(tiny_int8_dir: Path) -> Predictor:
 
 
 @pytest.fixture
-async def make_server(tiny_int8_dir: Path) -> AsyncIterator[Callable[..., object]]:
-    servers: list[GamjeongServer] = []
-
+def make_server(start_server) -> Callable[..., object]:
     async def start(predictor: Predictor, **overrides: object) -> GamjeongServer:
-        settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, **overrides)
-        server = GamjeongServer(settings, predictor_factory=lambda: predictor)
-        servers.append(server)
-        await server.start()
-        return server
+        return await start_server(lambda: predictor, **overrides)
 
-    yield start
-    for server in servers:
-        await server.stop(0)
-
-
-def _vector(scores: dict[str, float]) -> np.ndarray:
-    return np.array([scores[name] for name in LABEL_NAMES], dtype=np.float32)
+    return start
 
 
 # --- the cache itself -------------------------------------------------------------------------------------------
@@ -95,7 +82,7 @@ def test_keys_follow_the_tokenizer_normaliser_truncation_mode_and_length(tiny_in
 # --- in the server ----------------------------------------------------------------------------------------------
 async def test_a_repeated_text_is_answered_from_the_cache_without_the_model(make_server, predictor) -> None:
     gated = Gated(predictor)
-    server = await make_server(gated, cache_size=64, inline_max_ms=0)  # gated: off the event loop
+    server = await make_server(gated, cache_size=64)
     async with AsyncEmotionClient(f"127.0.0.1:{server.port}", max_attempts=1) as client:
         (first,) = await client.classify(["ㅋㅋㅋ"])
         ran = gated.texts_run
@@ -109,7 +96,7 @@ async def test_a_repeated_text_is_answered_from_the_cache_without_the_model(make
         fresh = (await client.classify(["새로운 문장"]))[0]
     assert after_hits == ran  # nothing more ran through the model
     assert not first.timing.cache_hit and second.timing.cache_hit and third.timing.cache_hit
-    np.testing.assert_array_equal(_vector(second.scores), _vector(first.scores))
+    np.testing.assert_array_equal(as_vector(second.scores), as_vector(first.scores))
     assert second.label == first.label and second.timing.num_tokens == first.timing.num_tokens
     assert second.timing.queue_ns == 0 and second.timing.inference_ns == 0 and second.timing.batch_size == 0
     assert len(top2.scores) == 2 and top2.label == first.label

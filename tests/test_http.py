@@ -35,22 +35,12 @@ def predictor(tiny_int8_dir: Path) -> Predictor:
 
 
 @pytest.fixture
-async def make_server(tiny_int8_dir: Path, predictor: Predictor) -> AsyncIterator[Callable[..., object]]:
-    servers: list[GamjeongServer] = []
-
+def make_server(start_server, predictor: Predictor) -> Callable[..., object]:
     async def start(used: Predictor | None = None, **overrides: object) -> GamjeongServer:
-        values = {"model": tiny_int8_dir, "host": "127.0.0.1", "port": 0, "metrics_port": -1, "http_port": 0}
-        # a gated model must run in the model thread, not on the event loop (see test_server.make_server)
-        values["inline_max_ms"] = 0 if isinstance(used, GatedPredictor) else None
-        settings = load_settings(**(values | {"grace_s": 5, "drain_s": 0} | overrides))
-        server = GamjeongServer(settings, predictor_factory=lambda: used or predictor)
-        servers.append(server)
-        await server.start()
-        return server
+        values = {"http_port": 0, "grace_s": 5, "drain_s": 0} | overrides
+        return await start_server(lambda: used or predictor, **values)
 
-    yield start
-    for server in servers:
-        await server.stop(0)
+    return start
 
 
 def http(server: GamjeongServer, **headers: str) -> httpx.AsyncClient:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KOREAN_SENTENCES
+from conftest import KOREAN_SENTENCES, as_vector
 
 from gamjeong.clients import AsyncEmotionClient
 from gamjeong.errors import GamjeongError
-from gamjeong.labels import LABEL_NAMES
 from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.app import GamjeongServer
 from gamjeong.server.settings import load_settings
@@ -45,24 +44,12 @@ def sessions(tiny_int8_dir: Path) -> list[Predictor]:
 
 
 @pytest.fixture
-async def make_server(tiny_int8_dir: Path) -> AsyncIterator[Callable[..., object]]:
-    servers: list[GamjeongServer] = []
-
+def make_server(start_server) -> Callable[..., object]:
     async def start(predictors: list[Predictor], **overrides: object) -> GamjeongServer:
-        settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, **overrides)
         queue = list(predictors)
-        server = GamjeongServer(settings, predictor_factory=lambda: queue.pop(0))  # one per instance
-        servers.append(server)
-        await server.start()
-        return server
+        return await start_server(lambda: queue.pop(0), **overrides)  # one predictor per instance
 
-    yield start
-    for server in servers:
-        await server.stop(0)
-
-
-def _vector(scores: dict[str, float]) -> np.ndarray:
-    return np.array([scores[name] for name in LABEL_NAMES], dtype=np.float32)
+    return start
 
 
 async def test_two_instances_run_two_batches_at_the_same_time(make_server, sessions) -> None:
@@ -78,7 +65,7 @@ async def test_two_instances_run_two_batches_at_the_same_time(make_server, sessi
     assert server.batcher is not None and server.batcher.instances == 2
     assert server.metrics.value("gamjeong_model_instances") == 2
     for text, (result,) in ((TEXTS[0], first), (TEXTS[1], second)):
-        np.testing.assert_allclose(_vector(result.scores), sessions[0].predict_proba([text])[0], atol=TOLERANCE)
+        np.testing.assert_allclose(as_vector(result.scores), sessions[0].predict_proba([text])[0], atol=TOLERANCE)
 
 
 async def test_results_with_two_instances_equal_those_of_one(make_server, sessions) -> None:
@@ -89,7 +76,7 @@ async def test_results_with_two_instances_equal_those_of_one(make_server, sessio
     for name, server in (("one", one), ("two", two)):
         async with AsyncEmotionClient(f"127.0.0.1:{server.port}", max_attempts=1) as client:
             replies = await asyncio.gather(*(client.classify([text]) for text in TEXTS))
-        results[name] = np.stack([_vector(r.scores) for (r,) in replies])
+        results[name] = np.stack([as_vector(r.scores) for (r,) in replies])
     np.testing.assert_allclose(results["two"], results["one"], atol=TOLERANCE)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import KOREAN_SENTENCES
+from conftest import KOREAN_SENTENCES, as_vector
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -75,10 +75,6 @@ def alone(predictor: Predictor, text: str) -> np.ndarray:
     return predictor.predict_proba([text])[0]
 
 
-def as_vector(scores: dict[str, float]) -> np.ndarray:
-    return np.array([scores[name] for name in LABEL_NAMES], dtype=np.float32)
-
-
 async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     """Poll an in-process condition (no timing assumptions: only a generous upper bound against hangs)."""
     loop = asyncio.get_running_loop()
@@ -90,26 +86,14 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0)
 
 
 @pytest.fixture
-async def make_server(tiny_int8_dir: Path, predictor: Predictor) -> AsyncIterator[Callable[..., object]]:
-    """Starts servers on free ports with the given settings and predictor; stops them after the test."""
-    servers: list[GamjeongServer] = []
+def make_server(start_server, predictor: Predictor) -> Callable[..., object]:
+    """Starts servers on free ports with the given settings and predictor (conftest's start_server stops them)."""
 
     async def start(predictor_used: Predictor | None = None, *, wait: bool = True, **overrides: object):
         used = predictor_used or predictor
-        if isinstance(used, GatedPredictor):
-            # a lone cheap text may run on the event loop (server/batcher.py), where a closed gate would also block
-            # the test that is to open it: gated models run in the model thread
-            overrides.setdefault("inline_max_ms", 0)
-        settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, grace_s=5, **overrides)
-        server = GamjeongServer(settings, predictor_factory=lambda: used)
-        servers.append(server)
-        if wait:
-            await server.start()
-        return server
+        return await start_server(lambda: used, wait=wait, **({"grace_s": 5} | overrides))
 
-    yield start
-    for server in servers:
-        await server.stop(0)
+    return start
 
 
 def client_for(server: GamjeongServer, **options: object) -> AsyncEmotionClient:

@@ -34,19 +34,11 @@ def predictor(tiny_int8_dir: Path) -> Predictor:
 
 
 @pytest.fixture
-async def make_server(tiny_int8_dir: Path, predictor: Predictor) -> AsyncIterator[Callable[..., object]]:
-    servers: list[GamjeongServer] = []
-
+def make_server(start_server, predictor: Predictor) -> Callable[..., object]:
     async def start(**overrides: object) -> GamjeongServer:
-        values = {"model": tiny_int8_dir, "host": "127.0.0.1", "port": 0, "metrics_port": -1, **overrides}
-        server = GamjeongServer(load_settings(**values), predictor_factory=lambda: predictor)
-        servers.append(server)
-        await server.start()
-        return server
+        return await start_server(lambda: predictor, **overrides)
 
-    yield start
-    for server in servers:
-        await server.stop(0)
+    return start
 
 
 async def status_of(call) -> tuple[grpc.StatusCode, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -29,19 +29,11 @@ def predictor(tiny_int8_dir: Path) -> Predictor:
 
 
 @pytest.fixture
-async def make_server(tiny_int8_dir: Path, predictor: Predictor) -> AsyncIterator[Callable[..., object]]:
-    servers: list[GamjeongServer] = []
-
+def make_server(start_server, predictor: Predictor) -> Callable[..., object]:
     async def start(**overrides: object) -> GamjeongServer:
-        settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, **overrides)
-        server = GamjeongServer(settings, predictor_factory=lambda: predictor)
-        servers.append(server)
-        await server.start()
-        return server
+        return await start_server(lambda: predictor, **overrides)
 
-    yield start
-    for server in servers:
-        await server.stop(0)
+    return start
 
 
 async def refused(call, code: grpc.StatusCode) -> str:
