@@ -115,29 +115,28 @@ def _latency_summary(latencies: list[float]) -> dict[str, float | None]:
 # --- the raw predictor on the same texts -----------------------------------------------------------------------------
 
 
+def raw_predictor(model_dir: Path, config: ServerBenchConfig):
+    """The predictor the started server would load, in this process: the same backend, threads and spinning (the
+    server's default when not given), so the two compare like for like."""
+    from gamjeong.predictor import load_predictor
+
+    spinning = SERVER_SPINNING_DEFAULT if config.intra_op_spinning is None else config.intra_op_spinning
+    return load_predictor(
+        model_dir,
+        backend=config.backend,  # type: ignore[arg-type]
+        intra_op_threads=config.threads,
+        intra_op_spinning=spinning,
+    )
+
+
 def measure_raw(
-    model_dir: Path,
-    backend: str,
-    threads: int | None,
-    texts: list[str],
-    batch_size: int,
-    seconds: float,
-    window: int = 64,
-    intra_op_spinning: bool | None = None,
+    model_dir: Path, config: ServerBenchConfig, texts: list[str], batch_size: int, seconds: float, window: int = 64
 ) -> dict[str, Any]:
     """The predictor the server would load, on the same texts: one text per call (latency), and the best grouping
     (throughput): windows of `window` texts (the deepest queue the server sees) sorted and split by the cost model
     measured on this model here; beside it, the whole set sorted in batches of `batch_size` (the most a batcher could
     gain, with every text known in advance), arrival-order batches and one text per call (benchmarks/grouped.py)."""
-    from gamjeong.predictor import load_predictor
-
-    predictor = load_predictor(
-        model_dir,
-        backend=backend,  # type: ignore[arg-type]
-        intra_op_threads=threads,
-        # As the started server's (its default when not given), so the two compare like for like.
-        intra_op_spinning=SERVER_SPINNING_DEFAULT if intra_op_spinning is None else intra_op_spinning,
-    )
+    predictor = raw_predictor(model_dir, config)
     for text in texts[:3]:
         predictor.predict_encoded(predictor.encode([text]))
     single: list[float] = []
@@ -293,10 +292,7 @@ def run_server_benchmark(
         if model_dir is not None:
             progress(f"raw predictor on {model_dir.name}: one text per call, then the best grouping of the texts")
             window = max(config.concurrencies)
-            raw = measure_raw(
-                model_dir, config.backend, config.threads, texts, batch_size, raw_seconds, window,
-                config.intra_op_spinning,
-            )  # fmt: skip
+            raw = measure_raw(model_dir, config, texts, batch_size, raw_seconds, window)
         if target is None:
             assert model_dir is not None
             progress(f"starting `gamjeong serve --model {model_dir}`")
@@ -306,16 +302,8 @@ def run_server_benchmark(
                 http = None if http_port is None else f"127.0.0.1:{http_port}"
                 server, server_rows = measure_server(started_target, metrics, config, texts, progress, http)
                 if "unary" in config.modes:
-                    from gamjeong.predictor import load_predictor
-
                     progress("paired with the raw predictor: one client, then the highest concurrency")
-                    spinning = SERVER_SPINNING_DEFAULT if config.intra_op_spinning is None else config.intra_op_spinning
-                    predictor = load_predictor(
-                        model_dir,
-                        backend=config.backend,  # type: ignore[arg-type]
-                        intra_op_threads=config.threads,
-                        intra_op_spinning=spinning,
-                    )
+                    predictor = raw_predictor(model_dir, config)
                     if 1 in config.concurrencies:
                         server["paired_c1"] = paired_overhead(predictor, started_target, texts, raw_seconds)
                     server["paired_throughput"] = paired_throughput(
