@@ -119,6 +119,11 @@ class Predictor(ABC):
     def info(self) -> dict[str, object]:
         return {"backend": self.backend, "device": self.device, "max_length": self.max_length}
 
+    def another_session(self, intra_op_threads: int | None, intra_op_spinning: bool | None) -> Predictor | None:
+        """A second predictor of the same model with its own threads, sharing this one's tokenizer (the server's
+        model instances); None where the backend cannot open one (PyTorch's threads are per process)."""
+        return None
+
 
 class TorchPredictor(Predictor):
     """A transformers model in PyTorch, fp32 or (autocast) bf16/fp16."""
@@ -169,9 +174,11 @@ class OnnxPredictor(Predictor):
         precision: str = "fp32",
         max_length: int | None = None,
         manifest: Manifest | None = None,
+        model_path: Path | None = None,
     ) -> None:
         super().__init__(tokenizer, max_length)
         self.session = session
+        self.model_path = model_path
         self.input_names = {i.name for i in session.get_inputs()}
         provider = session.get_providers()[0]
         self.device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
@@ -188,6 +195,28 @@ class OnnxPredictor(Predictor):
 
     def info(self) -> dict[str, object]:
         return {**super().info(), "provider": self.provider}
+
+    def another_session(self, intra_op_threads: int | None, intra_op_spinning: bool | None) -> OnnxPredictor | None:
+        # The tokenizer is shared: only the server's first instance tokenises, and an XLM-R tokenizer alone holds
+        # ~290 MiB, twice what an int8 e5-small session does (docs/benchmarks.md).
+        if self.model_path is None:
+            return None
+        from gamjeong.onnx_runtime import create_session
+
+        session = create_session(
+            self.model_path,
+            provider="cuda" if self.device == "cuda" else "cpu",
+            intra_op_threads=intra_op_threads,
+            intra_op_spinning=intra_op_spinning,
+        )
+        return OnnxPredictor(
+            session,
+            self.tokenizer,
+            precision=self.precision,
+            max_length=self.max_length,
+            manifest=self.manifest,
+            model_path=self.model_path,
+        )
 
 
 def _onnx_precision(model_dir: Path, manifest: Manifest | None = None) -> str:
@@ -247,6 +276,7 @@ def load_predictor(
             precision=_onnx_precision(path, manifest),
             max_length=max_length,
             manifest=manifest,
+            model_path=path / ONNX_MODEL_FILE,
         )
     from gamjeong.modeling import load_trained_model  # transformers and torch: the training install only
 

@@ -27,6 +27,7 @@ from gamjeong.server.auth import BearerTokenInterceptor
 from gamjeong.server.batcher import DynamicBatcher, instance_executors
 from gamjeong.server.cache import ResultCache
 from gamjeong.server.grouping import CallCost, measure_predictor_cost
+from gamjeong.server.layout import plan_layout
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server, describe_model
 from gamjeong.server.settings import ServerSettings
@@ -42,13 +43,15 @@ _STOP_MARGIN_S = 0.2
 _WARMUP_TEXTS = ("오늘 정말 행복해요", "가나다라마바사 " * 400)
 
 
-def default_predictor_factory(settings: ServerSettings) -> Callable[[], Predictor]:
+def default_predictor_factory(settings: ServerSettings, threads: int | None = None) -> Callable[[], Predictor]:
+    """Loads the first model instance, with `threads` intra-op threads (the layout's, server/layout.py)."""
+
     def load() -> Predictor:
         return load_predictor(
             settings.model,
             backend=settings.backend,
             device=settings.device,
-            intra_op_threads=settings.intra_op_threads,
+            intra_op_threads=threads,
             max_length=settings.max_length,
             intra_op_spinning=settings.intra_op_spinning,
         )
@@ -62,10 +65,15 @@ class GamjeongServer:
     def __init__(self, settings: ServerSettings, predictor_factory: Callable[[], Predictor] | None = None) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
-        self._predictor_factory = predictor_factory or default_predictor_factory(settings)
+        # A given factory (tests, embedding) makes its own predictors: the automatic layout is for the default one.
+        self.layout = plan_layout(settings, onnx_on_cpu=None if predictor_factory is None else False)
+        self._predictor_factory = predictor_factory or default_predictor_factory(settings, self.layout.threads)
         self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-model")
         # Instances 2..N (--instances): each its own session and its own thread; instance 1 uses _model_executor.
-        self._instance_executors = instance_executors(settings.instances - 1)
+        self._instance_executors = instance_executors(self.layout.instances - 1)
+        self._solo_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-solo") if self.layout.solo else None
+        )
         # One thread: a fast tokenizer instance must not be used from two threads at once (tokenizers raises
         # "Already borrowed"); it is fast enough, and the model thread is where the time goes.
         self._tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-tokenizer")
@@ -173,14 +181,27 @@ class GamjeongServer:
     async def load_model(self) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        # Every instance loads and warms up in its own thread, at the same time.
+        # The first instance loads the model and its tokenizer; the others (and the solo session) are more sessions
+        # of it, each opened and warmed up in its own thread, at the same time.
+        predictor = await loop.run_in_executor(self._model_executor, self._predictor_factory)
+        predictors = [
+            predictor,
+            *await asyncio.gather(
+                *(
+                    loop.run_in_executor(e, self._another, predictor, self.layout.threads)
+                    for e in self._instance_executors
+                )
+            ),
+        ]
+        solo = None
+        if self._solo_executor is not None:
+            solo = await loop.run_in_executor(
+                self._solo_executor, predictor.another_session, None, self.settings.intra_op_spinning
+            )
         executors = [self._model_executor, *self._instance_executors]
-        predictors = await asyncio.gather(*(loop.run_in_executor(e, self._predictor_factory) for e in executors))
-        predictor = predictors[0]
         loaded = time.perf_counter()
-        await asyncio.gather(
-            *(loop.run_in_executor(e, self._warm_up, p) for e, p in zip(executors, predictors, strict=True))
-        )
+        warm = [*zip(executors, predictors, strict=True), *([(self._solo_executor, solo)] if solo else [])]
+        await asyncio.gather(*(loop.run_in_executor(e, self._warm_up, p) for e, p in warm))
         call_cost = None
         if self.settings.grouping == "cost":
             # Every instance at once, as they will run when serving (and as they warmed up): the cores they share
@@ -206,6 +227,7 @@ class GamjeongServer:
             call_cost=call_cost,
             sort_window=self.settings.sort_window,
             inline_max_ms=self.settings.inline_max_ms,
+            solo=None if solo is None or self._solo_executor is None else (solo, self._solo_executor),
         )
         batcher.start()
         self.batcher = batcher
@@ -227,6 +249,8 @@ class GamjeongServer:
                 "execution_provider": model_info.execution_provider,
                 "max_input_length": predictor.max_length,
                 "instances": len(predictors),
+                "threads_per_instance": self.layout.threads,
+                "solo_session": solo is not None,
                 "cache_size": self.settings.cache_size,
                 "load_s": round(loaded - started, 3),
                 "warmup_s": round(time.perf_counter() - loaded, 3),
@@ -235,6 +259,11 @@ class GamjeongServer:
                 "token_cost_us": None if call_cost is None else round(call_cost.per_token_s * 1e6, 3),
             },
         )
+
+    def _another(self, first: Predictor, threads: int | None) -> Predictor:
+        """One more instance: another session of the first one's model (sharing its tokenizer), or, where its
+        backend has none (PyTorch, a test's predictor), what the factory makes."""
+        return first.another_session(threads, self.settings.intra_op_spinning) or self._predictor_factory()
 
     def _call_cost(self, predictor: Predictor) -> CallCost:
         """The cost line of --grouping cost: given by --call-cost-ms/--token-cost-us, else timed on this model."""
@@ -282,7 +311,7 @@ class GamjeongServer:
             await self.batcher.stop()
         self.metrics.stop_http()
         self._model_executor.shutdown(wait=False, cancel_futures=True)
-        for executor in self._instance_executors:
+        for executor in [*self._instance_executors, *([self._solo_executor] if self._solo_executor else [])]:
             executor.shutdown(wait=False, cancel_futures=True)
         self._tokenizer_executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")

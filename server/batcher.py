@@ -12,7 +12,9 @@ Texts whose call was cancelled or whose deadline passed are dropped before the m
 With several model instances (`gamjeong serve --instances N`, like Triton's instance groups) the one queue feeds N
 inference sessions, each with its own one-thread executor and intra-op threads: the collector takes the next batch as
 soon as any instance is idle, so N batches run at once. Batches still form only while every instance is busy, so one
-instance behaves exactly as before.
+instance behaves exactly as before. With a solo session (server/layout.py), a batch that would run alone on an idle
+server (one group, every instance idle, nothing else queued) runs there instead, on all cores, and the collector waits
+for it: the solo session and the instances never share the cores.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class DynamicBatcher:
         call_cost: CallCost | None = None,
         sort_window: int = 128,
         inline_max_ms: float = 0.0,
+        solo: tuple[Predictor, Executor] | None = None,
     ) -> None:
         # Instance 0 is (predictor, executor); `more_instances` are the others, each its own session and thread.
         self._predictors: list[Predictor] = [predictor, *(p for p, _ in more_instances)]
@@ -109,6 +112,7 @@ class DynamicBatcher:
         # of similar lengths (the issue's measurement: sorting windows of 64 beat arrival-order batches of 32 by 1.7x).
         self.sort_window = max(sort_window, max_batch_size) if self.grouping == "cost" else max_batch_size
         self.inline_max_s = inline_max_ms / 1000.0
+        self._solo = solo
         self._metrics = metrics
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -249,15 +253,24 @@ class DynamicBatcher:
                 idle.put_nowait(instance)
                 raise
             taken = self._take()
-            for indices in self._groups([len(t.encoded.input_ids) for t in taken]):
+            groups = self._groups([len(t.encoded.input_ids) for t in taken])
+            if len(groups) == 1 and self._alone(idle):
+                # The only work on an idle server: on the loop itself (--inline-max-ms) or the solo session.
+                group = [taken[i] for i in groups[0] if self._is_live(taken[i], loop.time())]
+                if group and self._runs_inline(group, len(taken)):
+                    self._run_inline(group, self._solo[0] if self._solo is not None else self._predictors[instance])
+                    idle.put_nowait(instance)
+                    continue
+                if group and self._solo is not None:
+                    idle.put_nowait(instance)
+                    await self._run_solo(loop, group)
+                    continue
+            for indices in groups:
                 if instance is None:
                     instance = await idle.get()
                 # Earlier groups took time: check again just before this one runs.
                 now = loop.time()
                 group = [taken[i] for i in indices if self._is_live(taken[i], now)]
-                if group and self._runs_inline(group, len(taken)):
-                    self._run_inline(group, instance)
-                    continue
                 if group:
                     task = loop.create_task(self._run_group(loop, group, instance))
                     self._running.add(task)
@@ -266,39 +279,57 @@ class DynamicBatcher:
             if instance is not None:
                 idle.put_nowait(instance)
 
+    def _alone(self, idle: asyncio.Queue[int]) -> bool:
+        """Nothing else queued and every instance idle (the collector holds one of them)."""
+        return not self._queue and idle.qsize() == self.instances - 1
+
     def _runs_inline(self, group: list[_Queued], taken: int) -> bool:
-        """A lone text with nothing else waiting, on a model whose call for it is predicted to be short, runs right
-        here on the event loop: handing it to the model thread and back costs two thread wake-ups, most of the
-        server's overhead at one client. The loop is then busy for that one short call (the cost model's estimate,
-        at most `inline_max_s`); anything that arrives meanwhile waits as it would for a busy model."""
-        if self.inline_max_s <= 0 or self.call_cost is None or self.instances != 1:
-            return False
-        if taken != 1 or len(group) != 1 or self._queue:
+        """A lone text on an idle server, whose call is predicted to be short, runs right here on the event loop:
+        handing it to the model thread and back costs two thread wake-ups, most of the server's overhead at one
+        client. The loop is then busy for that one short call (the cost model's estimate, at most `inline_max_s`);
+        anything that arrives meanwhile waits as it would for a busy model."""
+        if self.inline_max_s <= 0 or self.call_cost is None or taken != 1 or len(group) != 1:
             return False
         return self.call_cost.of(1, len(group[0].encoded.input_ids)) <= self.inline_max_s
 
-    def _run_inline(self, group: list[_Queued], instance: int) -> None:
+    def _run_inline(self, group: list[_Queued], predictor: Predictor) -> None:
         started_ns = time.perf_counter_ns()
         try:
-            probabilities = self._predictors[instance].predict_encoded([item.encoded for item in group])
+            probabilities = predictor.predict_encoded([item.encoded for item in group])
         except Exception as exc:
-            self._fail(group, exc, instance)
+            self._fail(group, exc, "inline")
             return
         self._deliver(group, probabilities, started_ns)
 
+    async def _run_solo(self, loop: asyncio.AbstractEventLoop, group: list[_Queued]) -> None:
+        """Run the group on the solo session and wait for it (a task, so that stop() can cancel it like the others):
+        no instance starts meanwhile, and texts arriving form the next batch."""
+        assert self._solo is not None
+        predictor, executor = self._solo
+        task = loop.create_task(self._run_on(loop, group, predictor, executor, "solo"))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        await asyncio.wait({task})
+
     async def _run_group(self, loop: asyncio.AbstractEventLoop, group: list[_Queued], instance: int = 0) -> None:
         try:
-            await self._run_group_on(loop, group, instance)
+            await self._run_on(loop, group, self._predictors[instance], self._executors[instance], instance)
         finally:
             if self._idle is not None:
                 self._idle.put_nowait(instance)
 
-    async def _run_group_on(self, loop: asyncio.AbstractEventLoop, group: list[_Queued], instance: int) -> None:
+    async def _run_on(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: list[_Queued],
+        predictor: Predictor,
+        executor: Executor,
+        instance: int | str,
+    ) -> None:
         started_ns = time.perf_counter_ns()
         encoded = [item.encoded for item in group]
-        predictor = self._predictors[instance]
         try:
-            probabilities = await loop.run_in_executor(self._executors[instance], predictor.predict_encoded, encoded)
+            probabilities = await loop.run_in_executor(executor, predictor.predict_encoded, encoded)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -307,7 +338,7 @@ class DynamicBatcher:
         self._deliver(group, probabilities, started_ns)
 
     @staticmethod
-    def _fail(group: list[_Queued], exc: Exception, instance: int) -> None:
+    def _fail(group: list[_Queued], exc: Exception, instance: int | str) -> None:
         """A model failure fails this group's calls, not the server."""
         log.exception("model call failed", exc_info=exc, extra={"batch_size": len(group), "instance": instance})
         for item in group:

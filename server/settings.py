@@ -81,7 +81,9 @@ class ServerSettings(BaseSettings):
     drain_s: float = Field(
         3.0, ge=0, description="Seconds of NOT_SERVING while still serving, before new calls are refused (<= grace)."
     )
-    intra_op_threads: int | None = Field(None, ge=1, description="Threads per model call (default: the runtime's).")
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="Threads per model instance (default: the CPUs shared out, or the runtime's)."
+    )
     # On: the intra-op threads spin between the operators of a call and stop when it ends (gamjeong.onnx_runtime), so
     # one text takes ~4.5 instead of ~6 ms on 2 cores and an idle or slow-fed server burns no core. Off for cores
     # shared with other work or under a CPU quota (the Kubernetes manifests): there a spinning thread takes the CPU
@@ -91,9 +93,14 @@ class ServerSettings(BaseSettings):
         description="ONNX Runtime's threads spin-wait while a call runs (off: for shared or CPU-limited cores).",
     )
     event_loop: EventLoop = Field(EventLoop.auto, description="auto: uvloop where installed, else asyncio's loop.")
-    # Triton-style instance groups: N sessions, one batch each at a time, fed by the one batcher. On a many-core
-    # machine N sessions of few threads each keep more cores busy than one session of many (docs/benchmarks.md).
-    instances: int = Field(1, ge=1, le=64, description="Model instances (inference sessions) fed by the one batcher.")
+    # Triton-style instance groups: N sessions, one batch each at a time, fed by the one batcher; 0 picks the layout
+    # (server/layout.py): one single-thread instance per CPU for ONNX on a CPU (up to 4), one elsewhere.
+    instances: int = Field(
+        0, ge=0, le=64, description="Model instances (inference sessions) fed by the one batcher (0: auto)."
+    )
+    # One more session with a thread per core, for a batch that would run alone on an idle server: the latency of
+    # one multi-thread session at low load, the throughput of single-thread instances under load (server/layout.py).
+    solo: bool = Field(True, description="Keep a session with all cores' threads for lone batches on an idle server.")
     # Off by default: a benchmark or a workload without repeats gains nothing from it, and turning it on is a choice
     # an operator makes for a chat feed (deploy/k8s sets 10000: a few MB).
     cache_size: int = Field(

@@ -155,6 +155,7 @@ def test_services_pdb_and_hpa_point_at_the_pods(rendered) -> None:
         threads = int(_env(_container(objects))["GAMJEONG_INTRA_OP_THREADS"])
         instances = int(_env(_container(objects))["GAMJEONG_INSTANCES"])
         assert threads * instances == int(resources["requests"]["cpu"])
+        assert _env(_container(objects))["GAMJEONG_SOLO"] == "false"  # it would also use the node's cores
 
 
 def test_kustomize_lite_applies_json_patches_and_images(tmp_path: Path) -> None:

@@ -16,6 +16,10 @@ from gamjeong.clients import AsyncEmotionClient
 from gamjeong.errors import GamjeongError
 from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.app import GamjeongServer
+from gamjeong.server.batcher import DynamicBatcher, instance_executors
+from gamjeong.server.grouping import CallCost
+from gamjeong.server.layout import InstanceLayout, plan_layout, runs_onnx_on_cpu
+from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.settings import load_settings
 
 TEXTS = [t for texts in KOREAN_SENTENCES.values() for t in texts]
@@ -80,10 +84,115 @@ async def test_results_with_two_instances_equal_those_of_one(make_server, sessio
     np.testing.assert_allclose(results["two"], results["one"], atol=TOLERANCE)
 
 
-def test_instances_must_be_at_least_one(tiny_int8_dir: Path) -> None:
-    assert load_settings(model=tiny_int8_dir).instances == 1
+def test_the_layout_is_one_single_thread_instance_per_cpu_and_a_solo_session_for_onnx_on_a_cpu(
+    tiny_int8_dir: Path,
+) -> None:
+    def plan(cpus: int, on_cpu: bool = True, **given: object) -> InstanceLayout:
+        return plan_layout(load_settings(model=tiny_int8_dir, **given), cpus=cpus, onnx_on_cpu=on_cpu)
+
+    assert load_settings(model=tiny_int8_dir).instances == 0  # auto
+    assert plan(2) == InstanceLayout(instances=2, threads=1, solo=True)
+    assert plan(8) == InstanceLayout(instances=4, threads=2, solo=True)  # at most 4 instances, the CPUs shared out
+    assert plan(1) == InstanceLayout(instances=1, threads=None, solo=False)  # one CPU: nothing to add
+    assert plan(16, on_cpu=False) == InstanceLayout(instances=1, threads=None, solo=False)  # a GPU, PyTorch
+    assert plan(2, solo=False) == InstanceLayout(instances=2, threads=1, solo=False)
+    assert plan(4, instances=1) == InstanceLayout(instances=1, threads=None, solo=False)  # as before the layout
+    assert plan(4, instances=2, intra_op_threads=2) == InstanceLayout(instances=2, threads=2, solo=True)
+    assert plan(4, instances=1, intra_op_threads=4) == InstanceLayout(instances=1, threads=4, solo=False)
     with pytest.raises(GamjeongError, match="instances"):
-        load_settings(model=tiny_int8_dir, instances=0)
+        load_settings(model=tiny_int8_dir, instances=-1)
+
+
+def test_the_layout_applies_to_onnx_on_a_cpu_only(tiny_int8_dir: Path, tmp_path: Path) -> None:
+    assert runs_onnx_on_cpu(load_settings(model=tiny_int8_dir, device="cpu"))
+    assert not runs_onnx_on_cpu(load_settings(model=tiny_int8_dir, device="cuda"))
+    assert not runs_onnx_on_cpu(load_settings(model=tiny_int8_dir, backend="pytorch"))
+    assert not runs_onnx_on_cpu(load_settings(model=tmp_path))  # no model.onnx: a trained (PyTorch) directory
+
+
+async def test_the_default_layout_shares_one_tokenizer_and_answers_like_one_session(
+    start_server, tiny_int8_dir: Path
+) -> None:
+    server = await start_server(instances=2, intra_op_threads=1)
+    assert server.layout == InstanceLayout(instances=2, threads=1, solo=True)
+    batcher = server.batcher
+    assert batcher is not None and batcher.instances == 2 and batcher._solo is not None
+    first, second, solo = batcher._predictors[0], batcher._predictors[1], batcher._solo[0]
+    assert second.tokenizer is first.tokenizer and solo.tokenizer is first.tokenizer
+    assert second.session.get_session_options().intra_op_num_threads == 1  # type: ignore[attr-defined]
+    assert solo.session.get_session_options().intra_op_num_threads == 0  # type: ignore[attr-defined] # runtime's
+    direct = load_predictor(tiny_int8_dir)
+    async with AsyncEmotionClient(f"127.0.0.1:{server.port}", max_attempts=1) as client:
+        lone = await client.classify([TEXTS[0]])
+        together = await asyncio.gather(*(client.classify([text]) for text in TEXTS))
+    np.testing.assert_allclose(as_vector(lone[0].scores), direct.predict_proba([TEXTS[0]])[0], atol=TOLERANCE)
+    got = np.stack([as_vector(r.scores) for (r,) in together])
+    np.testing.assert_allclose(got, direct.predict_proba(TEXTS), atol=TOLERANCE)
+
+
+class _Named:
+    """A predictor that writes down its name at the start and the end of each call, optionally held at a gate."""
+
+    def __init__(self, inner: Predictor, name: str, log: list[str], gate: threading.Event | None = None) -> None:
+        self.inner, self.name, self.log, self.gate = inner, name, log, gate
+
+    def __getattr__(self, attribute: str):
+        return getattr(self.inner, attribute)
+
+    def predict_encoded(self, encoded):
+        self.log.append(f"{self.name} start {len(encoded)}")
+        if self.gate is not None:
+            assert self.gate.wait(timeout=30)
+        result = self.inner.predict_encoded(encoded)
+        self.log.append(f"{self.name} end")
+        return result
+
+
+async def test_a_batch_alone_on_an_idle_server_runs_on_the_solo_session_and_never_beside_the_instances(
+    sessions: list[Predictor],
+) -> None:
+    log: list[str] = []
+    gate = threading.Event()
+    executors = instance_executors(3)
+    short, long = TEXTS[0], " ".join(TEXTS)
+    batcher = DynamicBatcher(
+        _Named(sessions[0], "instance-0", log),  # type: ignore[arg-type]
+        max_batch_size=8,
+        max_batch_tokens=4096,
+        max_wait_ms=0,
+        max_queue_size=64,
+        executor=executors[0],
+        metrics=ServerMetrics(),
+        more_instances=[(_Named(sessions[1], "instance-1", log), executors[1])],  # type: ignore[list-item]
+        grouping="cost",
+        # calls are nearly free and tokens dear: a short and a long text are cut into two calls
+        call_cost=CallCost(per_call_s=1e-6, per_token_s=1e-3),
+        solo=(_Named(sessions[0], "solo", log, gate), executors[2]),  # type: ignore[arg-type]
+    )
+    batcher.start()
+    encode = sessions[0].encode
+    try:
+        # A lone text on an idle server: the solo session. While it runs, another text waits for it, not for an
+        # instance (the two would share the cores); then it is alone too, and runs there as well.
+        first = batcher.submit(encode([short]))
+        await asyncio.sleep(0.1)
+        second = batcher.submit(encode([TEXTS[1]]))
+        await asyncio.sleep(0.2)
+        assert log == ["solo start 1"]
+        gate.set()
+        outcomes = await asyncio.gather(*first, *second)
+        assert log == ["solo start 1", "solo end", "solo start 1", "solo end"]
+        # Two groups at once (a short and a long text): the instances, side by side.
+        log.clear()
+        outcomes += await asyncio.gather(*batcher.submit(encode([short, long])))
+        starts = sorted(entry for entry in log if "start" in entry)
+        assert starts == ["instance-0 start 1", "instance-1 start 1"]
+    finally:
+        await batcher.stop()
+        for executor in executors:
+            executor.shutdown()
+    expected = sessions[0].predict_proba([short, TEXTS[1], short, long])
+    np.testing.assert_allclose(np.stack([o.probabilities for o in outcomes]), expected, atol=TOLERANCE)
 
 
 def test_intra_op_spinning_reaches_the_session(tiny_int8_dir: Path) -> None:
