@@ -113,6 +113,7 @@ class DynamicBatcher:
         self.sort_window = max(sort_window, max_batch_size) if self.grouping == "cost" else max_batch_size
         self.inline_max_s = inline_max_ms / 1000.0
         self._solo = solo
+        self._lone = False  # the last batch was one text alone on an idle server (calls come one at a time)
         self._metrics = metrics
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -254,10 +255,12 @@ class DynamicBatcher:
                 raise
             taken = self._take()
             groups = self._groups([len(t.encoded.input_ids) for t in taken])
-            if len(groups) == 1 and self._alone(idle):
+            alone = len(groups) == 1 and self._alone(idle)
+            previous_lone, self._lone = self._lone, alone and len(taken) == 1
+            if alone:
                 # The only work on an idle server: on the loop itself (--inline-max-ms) or the solo session.
                 group = [taken[i] for i in groups[0] if self._is_live(taken[i], loop.time())]
-                if group and self._runs_inline(group, len(taken)):
+                if group and previous_lone and self._runs_inline(group, len(taken)):
                     self._run_inline(group, self._solo[0] if self._solo is not None else self._predictors[instance])
                     idle.put_nowait(instance)
                     continue
@@ -284,10 +287,11 @@ class DynamicBatcher:
         return not self._queue and idle.qsize() == self.instances - 1
 
     def _runs_inline(self, group: list[_Queued], taken: int) -> bool:
-        """A lone text on an idle server, whose call is predicted to be short, runs right here on the event loop:
-        handing it to the model thread and back costs two thread wake-ups, most of the server's overhead at one
-        client. The loop is then busy for that one short call (the cost model's estimate, at most `inline_max_s`);
-        anything that arrives meanwhile waits as it would for a busy model."""
+        """A lone text on an idle server, after a batch that was a lone text too, whose call is predicted to be short,
+        runs right here on the event loop: handing it to the model thread and back costs two thread wake-ups, most
+        of the server's overhead at one client. The loop is then busy for that one short call (the cost model's
+        estimate, at most `inline_max_s`), and cannot read the calls arriving meanwhile, which is why only calls
+        that come one at a time run here: a lone text right after a batch of several is one of many clients."""
         if self.inline_max_s <= 0 or self.call_cost is None or taken != 1 or len(group) != 1:
             return False
         return self.call_cost.of(1, len(group[0].encoded.input_ids)) <= self.inline_max_s

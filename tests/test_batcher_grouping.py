@@ -264,16 +264,18 @@ async def test_a_lone_cheap_text_runs_on_the_event_loop_and_anything_else_in_the
     import threading
 
     loop_thread = threading.current_thread().name
-    # cheap (1 ms predicted) lone texts: on the loop itself, same answers as a direct call
-    calls, outcomes = await _run(fp32_predictor, 20.0, 0.001, [[TEXTS[0]], [TEXTS[1]]])
-    assert calls == [(loop_thread, 1), (loop_thread, 1)]
-    for text, outcome in zip(TEXTS[:2], outcomes, strict=True):
+    # cheap (1 ms predicted) lone texts, one at a time: the first in the model thread (it might be the first of many
+    # clients), the next ones on the loop itself, with the same answers as a direct call
+    calls, outcomes = await _run(fp32_predictor, 20.0, 0.001, [[TEXTS[0]], [TEXTS[1]], [TEXTS[2]]])
+    assert [thread for thread, _ in calls] == ["model_0", loop_thread, loop_thread]
+    for text, outcome in zip(TEXTS[:3], outcomes, strict=True):
         np.testing.assert_allclose(outcome.probabilities, fp32_predictor.predict_proba([text])[0], atol=1e-5)
         assert outcome.batch_size == 1 and outcome.inference_time_ns > 0
-    # a call predicted dearer than the limit, several texts at once, or the feature off: the model thread
-    calls, _ = await _run(fp32_predictor, 20.0, 0.050, [[TEXTS[0]]])
-    assert [thread for thread, _ in calls] != [loop_thread] and calls[0][0].startswith("model")
-    calls, _ = await _run(fp32_predictor, 20.0, 0.001, [TEXTS[:3]])
-    assert all(thread.startswith("model") for thread, _ in calls) and sum(n for _, n in calls) == 3
-    calls, _ = await _run(fp32_predictor, 0.0, 0.0, [[TEXTS[0]]])
-    assert calls[0][0].startswith("model")
+    # a lone text right after a batch of several: the model thread again
+    calls, _ = await _run(fp32_predictor, 20.0, 0.001, [[TEXTS[0]], [TEXTS[1]], TEXTS[:3], [TEXTS[2]]])
+    assert [thread for thread, _ in calls] == ["model_0", loop_thread, "model_0", "model_0"]
+    # a call predicted dearer than the limit, or the feature off: the model thread
+    calls, _ = await _run(fp32_predictor, 20.0, 0.050, [[TEXTS[0]], [TEXTS[1]]])
+    assert all(thread.startswith("model") for thread, _ in calls)
+    calls, _ = await _run(fp32_predictor, 0.0, 0.0, [[TEXTS[0]], [TEXTS[1]]])
+    assert all(thread.startswith("model") for thread, _ in calls)
