@@ -226,7 +226,6 @@ class GamjeongServer:
             grouping=self.settings.grouping,
             call_cost=call_cost,
             sort_window=self.settings.sort_window,
-            inline_max_ms=self.settings.inline_max_ms,
             solo=None if solo is None or self._solo_executor is None else (solo, self._solo_executor),
         )
         batcher.start()

@@ -95,7 +95,6 @@ class DynamicBatcher:
         grouping: Grouping = "fill",
         call_cost: CallCost | None = None,
         sort_window: int = 128,
-        inline_max_ms: float = 0.0,
         solo: tuple[Predictor, Executor] | None = None,
     ) -> None:
         # Instance 0 is (predictor, executor); `more_instances` are the others, each its own session and thread.
@@ -111,9 +110,7 @@ class DynamicBatcher:
         # How many waiting texts are sorted together: more than one batch, so that a deep queue can be cut into calls
         # of similar lengths (the issue's measurement: sorting windows of 64 beat arrival-order batches of 32 by 1.7x).
         self.sort_window = max(sort_window, max_batch_size) if self.grouping == "cost" else max_batch_size
-        self.inline_max_s = inline_max_ms / 1000.0
         self._solo = solo
-        self._lone = False  # the last batch was one text alone on an idle server (calls come one at a time)
         self._metrics = metrics
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -255,19 +252,13 @@ class DynamicBatcher:
                 raise
             taken = self._take()
             groups = self._groups([len(t.encoded.input_ids) for t in taken])
-            alone = len(groups) == 1 and self._alone(idle)
-            previous_lone, self._lone = self._lone, alone and len(taken) == 1
-            if alone:
-                # The only work on an idle server: on the loop itself (--inline-max-ms) or the solo session.
+            if self._solo is not None and len(groups) == 1 and self._alone(idle):
+                # The only work on an idle server: the solo session, on all cores.
                 group = [taken[i] for i in groups[0] if self._is_live(taken[i], loop.time())]
-                if group and previous_lone and self._runs_inline(group, len(taken)):
-                    self._run_inline(group, self._solo[0] if self._solo is not None else self._predictors[instance])
-                    idle.put_nowait(instance)
-                    continue
-                if group and self._solo is not None:
-                    idle.put_nowait(instance)
+                idle.put_nowait(instance)
+                if group:
                     await self._run_solo(loop, group)
-                    continue
+                continue
             for indices in groups:
                 if instance is None:
                     instance = await idle.get()
@@ -285,25 +276,6 @@ class DynamicBatcher:
     def _alone(self, idle: asyncio.Queue[int]) -> bool:
         """Nothing else queued and every instance idle (the collector holds one of them)."""
         return not self._queue and idle.qsize() == self.instances - 1
-
-    def _runs_inline(self, group: list[_Queued], taken: int) -> bool:
-        """A lone text on an idle server, after a batch that was a lone text too, whose call is predicted to be short,
-        runs right here on the event loop: handing it to the model thread and back costs two thread wake-ups, most
-        of the server's overhead at one client. The loop is then busy for that one short call (the cost model's
-        estimate, at most `inline_max_s`), and cannot read the calls arriving meanwhile, which is why only calls
-        that come one at a time run here: a lone text right after a batch of several is one of many clients."""
-        if self.inline_max_s <= 0 or self.call_cost is None or taken != 1 or len(group) != 1:
-            return False
-        return self.call_cost.of(1, len(group[0].encoded.input_ids)) <= self.inline_max_s
-
-    def _run_inline(self, group: list[_Queued], predictor: Predictor) -> None:
-        started_ns = time.perf_counter_ns()
-        try:
-            probabilities = predictor.predict_encoded([item.encoded for item in group])
-        except Exception as exc:
-            self._fail(group, exc, "inline")
-            return
-        self._deliver(group, probabilities, started_ns)
 
     async def _run_solo(self, loop: asyncio.AbstractEventLoop, group: list[_Queued]) -> None:
         """Run the group on the solo session and wait for it (a task, so that stop() can cancel it like the others):

@@ -60,7 +60,6 @@ def serve(
         help="ONNX Runtime's threads spin-wait while a call runs, and stop when it ends (default on; "
         "--no-intra-op-spinning for cores shared with other work or under a CPU quota).",
     ),
-    inline_max_ms: float = typer.Option(None, help=_help("inline_max_ms"), show_default=False),
     event_loop: EventLoop = typer.Option(None, help=_help("event_loop"), show_default=False),
     instances: int = typer.Option(None, help=_help("instances"), show_default=False),
     solo: bool = typer.Option(None, "--solo/--no-solo", help=_help("solo"), show_default=False),
@@ -108,7 +107,6 @@ def serve(
         drain_s=drain_s,
         intra_op_threads=intra_op_threads,
         intra_op_spinning=intra_op_spinning,
-        inline_max_ms=inline_max_ms,
         event_loop=event_loop,
         instances=instances,
         solo=solo,

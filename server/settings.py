@@ -53,12 +53,6 @@ class ServerSettings(BaseSettings):
     sort_window: int = Field(
         128, ge=1, le=4096, description="Most waiting texts sorted together and split by --grouping cost."
     )
-    # A lone text on an idle server, after another lone one, can run on the event loop itself, saving two thread
-    # switches (server/batcher.py). Off by default: it blocks the loop for the call, and saved 0.05-0.2 ms of the
-    # one-client overhead in paired runs with the solo session, within this machine's noise (docs/benchmarks.md).
-    inline_max_ms: float = Field(
-        0.0, ge=0, le=1000, description="Run a lone text on the event loop when its call takes <= this (0: never)."
-    )
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one Classify request.")
     max_stream_texts: int = Field(100_000, ge=1, description="Most texts in one ClassifyStream request.")
     max_queue_size: int = Field(1024, ge=1, description="Most texts waiting for the model; beyond: RESOURCE_EXHAUSTED.")
