@@ -22,6 +22,7 @@ def paired_overhead(predictor: Any, target: str, texts: list[str], seconds: floa
 
     raw_ms: list[float] = []
     server_ms: list[float] = []
+    floor_ms: list[float] = []
     with EmotionClient(target) as client:
         for text in texts[:5]:  # warm both up
             predictor.predict_encoded(predictor.encode([text]))
@@ -34,9 +35,14 @@ def paired_overhead(predictor: Any, target: str, texts: list[str], seconds: floa
             t1 = time.perf_counter()
             client.classify([text])
             t2 = time.perf_counter()
+            predictor.predict_encoded(predictor.encode([text]))  # the same state as before the Classify call
+            t3 = time.perf_counter()
+            client.model_info()
+            t4 = time.perf_counter()
             raw_ms.append((t1 - t0) * 1000)
             server_ms.append((t2 - t1) * 1000)
-            if t2 - started > seconds and i >= 19:
+            floor_ms.append((t4 - t3) * 1000)
+            if t4 - started > seconds and i >= 19:
                 break
     differences = [s - r for s, r in zip(server_ms, raw_ms, strict=True)]
     return {
@@ -44,8 +50,10 @@ def paired_overhead(predictor: Any, target: str, texts: list[str], seconds: floa
         "raw_p50_ms": round(statistics.median(raw_ms), 3),
         "server_p50_ms": round(statistics.median(server_ms), 3),
         "overhead_p50_ms": round(statistics.median(differences), 3),
+        # What any call costs here before the server does anything: the transport's floor under the overhead.
+        "empty_call_p50_ms": round(statistics.median(floor_ms), 3),
         "method": "per text: the raw predictor, then the server (blocking gRPC client), back to back; the median of "
-        "the differences",
+        "the differences. empty_call: GetModelInfo (no work) right after another raw call, the gRPC round trip alone",
     }
 
 

@@ -280,7 +280,8 @@ def server_summary_lines(server: dict[str, Any]) -> list[str]:
             parts.append(
                 f"paired ({paired['calls']} texts, raw then server): median overhead "
                 f"{ratio['p50_overhead_ms_at_c1_paired']:+.2f} ms (raw p50 {paired['raw_p50_ms']} ms, "
-                f"server p50 {paired['server_p50_ms']} ms)"
+                f"server p50 {paired['server_p50_ms']} ms; a gRPC call that does no work, after a raw call: "
+                f"{paired.get('empty_call_p50_ms', '–')} ms)"
             )
         if "throughput_ratio_at_highest_paired" in ratio:
             paired = server["paired_throughput"]

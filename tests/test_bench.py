@@ -199,3 +199,23 @@ def test_server_bad_flags_are_one_sentence(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown mode 'bulk'" in result.output
     result = runner.invoke(app, ["bench", "server", "--model", str(tmp_path / "nope"), "--output", str(tmp_path)])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_paired_overhead_times_raw_server_and_an_empty_call_per_text(tiny_int8_dir: Path) -> None:
+    from gamjeong.benchmarks.paired import paired_overhead
+    from gamjeong.predictor import load_predictor
+    from gamjeong.server.background import BackgroundServer
+    from gamjeong.server.settings import load_settings
+
+    predictor = load_predictor(tiny_int8_dir)
+    settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1)
+    server = BackgroundServer(settings)  # the default layout: instances and the solo session
+    server.start()
+    try:
+        result = paired_overhead(predictor, server.target, ["좋아요", "싫어요", "그냥 그래요"], 0.2)
+    finally:
+        server.stop(0)
+    assert result["calls"] >= 20
+    assert result["raw_p50_ms"] > 0 and result["empty_call_p50_ms"] > 0
+    # a Classify call does everything an empty call does, and runs the model too
+    assert result["server_p50_ms"] > result["empty_call_p50_ms"]
