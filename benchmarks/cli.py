@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -26,13 +28,20 @@ def _int_list(value: str | None, flag: str) -> list[int] | None:
     return numbers
 
 
-def _consoles():
-    """The results console and the progress one (stderr). Piped to a file, rich's 80-column default would squeeze
-    the tables, so a console that is not a terminal is 200 wide."""
+def _run_and_report(config: Any, run: Callable, write: Callable, show: Callable) -> dict[str, Any]:
+    """What every bench command does once its config is built: run with progress on stderr, write the results to
+    `config.output`, print the tables and where they went. Piped to a file, rich's 80-column default would squeeze
+    the tables, so a results console that is not a terminal is 200 wide."""
     from rich.console import Console
 
-    console = Console()
-    return (console if console.is_terminal else Console(width=200)), Console(stderr=True)
+    console, err = Console(), Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(width=200)
+    results = run(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
+    paths = write(results, config.output)
+    show(results, console)
+    console.print("wrote " + ", ".join(str(path) for path in paths.values()))
+    return results
 
 
 def _str_list(value: str | None) -> list[str] | None:
@@ -107,14 +116,12 @@ def model_command(
     except ValidationError as exc:
         raise flag_error(exc) from None
     config = quick_settings(config, explicit)
-    console, err = _consoles()
-    results = run_model_benchmark(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
-    paths = write_model_results(results, config.output)
-    print_model_results(results, console)
-    console.print(f"wrote {paths['json']}, {paths['markdown']}, {paths['chart']}")
+    results = _run_and_report(config, run_model_benchmark, write_model_results, print_model_results)
     failed = [b["name"] for b in results["backends"] if b["status"] == "failed"]
     if failed:
-        err.print(f"[red]failed backends: {', '.join(failed)}[/]")
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[red]failed backends: {', '.join(failed)}[/]")
         raise typer.Exit(code=1)
 
 
@@ -186,11 +193,7 @@ def server_command(
     except ValidationError as exc:
         raise flag_error(exc) from None
     config = quick_settings(config, explicit)
-    console, err = _consoles()
-    results = run_server_benchmark(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
-    paths = write_server_results(results, config.output)
-    print_server_results(results, console)
-    console.print(f"wrote {paths['json']}, {paths['markdown']}, {paths['chart']}")
+    _run_and_report(config, run_server_benchmark, write_server_results, print_server_results)
 
 
 @bench_app.command("peers")
@@ -227,11 +230,7 @@ def peers_command(
         )
     except ValidationError as exc:
         raise flag_error(exc) from None
-    console, err = _consoles()
-    results = run_peers_benchmark(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
-    paths = write_peers_results(results, config.output)
-    print_peers_results(results, console)
-    console.print(f"wrote {paths['json']}, {paths['markdown']}")
+    _run_and_report(config, run_peers_benchmark, write_peers_results, print_peers_results)
 
 
 def register(app: typer.Typer) -> None:

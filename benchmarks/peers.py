@@ -29,7 +29,7 @@ from gamjeong.artifacts import TOKENIZER_FILES, find_manifest
 from gamjeong.errors import GamjeongError
 
 from .load import HttpApi, run_http_load
-from .report import _cell, _markdown_table
+from .report import _cell, _markdown_table, write_results
 from .server_process import free_port, stop_process
 
 INFINITY_VERSION = "0.0.78"
@@ -403,11 +403,7 @@ def peers_markdown(results: dict[str, Any]) -> str:
 
 
 def write_peers_results(results: dict[str, Any], output: Path) -> dict[str, Path]:
-    output.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output / "results.json", "markdown": output / "results.md"}
-    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(peers_markdown(results), encoding="utf-8")
-    return paths
+    return write_results(results, output, peers_markdown)
 
 
 def print_peers_results(results: dict[str, Any], console: Any) -> None:

@@ -193,20 +193,26 @@ def latency_chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _write_results(
-    results: dict[str, Any], output: Path, markdown: Callable[[dict[str, Any]], str], chart: Callable, chart_name: str
+def write_results(
+    results: dict[str, Any],
+    output: Path,
+    markdown: Callable[[dict[str, Any]], str],
+    chart: Callable | None = None,
+    chart_name: str = "",
 ) -> dict[str, Path]:
-    """results.json, results.md and a PNG chart in `output`: the files every benchmark run leaves."""
+    """results.json, results.md and (with `chart`) a PNG in `output`: the files every benchmark run leaves."""
     output.mkdir(parents=True, exist_ok=True)
-    paths = {"json": output / "results.json", "markdown": output / "results.md", "chart": output / chart_name}
+    paths = {"json": output / "results.json", "markdown": output / "results.md"}
     paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths["markdown"].write_text(markdown(results), encoding="utf-8")
-    chart(results, paths["chart"])
+    if chart is not None:
+        paths["chart"] = output / chart_name
+        chart(results, paths["chart"])
     return paths
 
 
 def write_model_results(results: dict[str, Any], output: Path) -> dict[str, Path]:
-    return _write_results(results, output, model_markdown, latency_chart, "latency.png")
+    return write_results(results, output, model_markdown, latency_chart, "latency.png")
 
 
 def print_model_results(results: dict[str, Any], console: Console) -> None:
@@ -361,7 +367,7 @@ def throughput_chart(results: dict[str, Any], path: Path) -> None:
 
 
 def write_server_results(results: dict[str, Any], output: Path) -> dict[str, Path]:
-    return _write_results(results, output, server_markdown, throughput_chart, "throughput.png")
+    return write_results(results, output, server_markdown, throughput_chart, "throughput.png")
 
 
 def print_server_results(results: dict[str, Any], console: Console) -> None:
