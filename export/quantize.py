@@ -104,15 +104,19 @@ def quantize_candidate(
     spec: CandidateSpec,
     target: ResolvedTarget,
     calibration: Calibration | None = None,
+    activation_products: list[str] | None = None,
 ) -> tuple[Path, dict[str, object]]:
-    """Quantise the fp32 graph as `spec` says; the quantised model's path and a description for the manifest."""
+    """Quantise the fp32 graph as `spec` says; the quantised model's path and a description for the manifest.
+    `activation_products`: the graph's `activation_matmuls`, when the caller already has them (a search quantises the
+    same graph many times; finding them loads the whole graph)."""
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoCalibrationConfig
 
     is_static = spec.approach is Approach.STATIC
     if is_static and calibration is None:
         raise GamjeongError("Static int8 needs calibration texts; pass --calibration-data.")
-    activation_products = activation_matmuls(onnx_path)
+    if activation_products is None:
+        activation_products = activation_matmuls(onnx_path)
     quantization_config = int8_quantization_config(
         target.name,
         is_static=is_static,

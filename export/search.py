@@ -28,7 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gamjeong.export.gate import GateDecision, GateSettings, decide, parity_figures, top_two_margin
 from gamjeong.export.parity import ParityTexts
-from gamjeong.export.quantize import Approach, Calibration, CandidateSpec, quantize_candidate, weight_groups
+from gamjeong.export.quantize import (
+    Approach,
+    Calibration,
+    CandidateSpec,
+    activation_matmuls,
+    quantize_candidate,
+    weight_groups,
+)
 from gamjeong.export.targets import ResolvedTarget
 
 Report = Callable[[str], None]
@@ -143,6 +150,7 @@ class CandidateRunner:
         self.texts, self.reference, self.gate = texts, reference_probs, gate
         self.max_length, self.calibration = max_length, calibration
         self._count = 0
+        self._activation_products: list[str] | None = None  # the same for every candidate: found once
 
     def predictor(self, path: Path):
         from gamjeong.onnx_runtime import create_session
@@ -156,7 +164,11 @@ class CandidateRunner:
         self._count += 1
         start = time.perf_counter()
         out = self.work / f"candidate-{self._count:02d}"
-        path, info = quantize_candidate(self.onnx_path, out, spec, self.target, self.calibration)
+        if self._activation_products is None:
+            self._activation_products = activation_matmuls(self.onnx_path)
+        path, info = quantize_candidate(
+            self.onnx_path, out, spec, self.target, self.calibration, self._activation_products
+        )
         return path, info, time.perf_counter() - start
 
     def evaluate(self, spec: CandidateSpec, reuse: tuple[Path, dict[str, object], float] | None = None) -> Evaluated:
