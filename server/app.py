@@ -10,10 +10,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -22,64 +20,57 @@ from grpc_reflection.v1alpha import reflection
 
 from gamjeong.choices import EventLoop
 from gamjeong.errors import GamjeongError
-from gamjeong.predictor import Predictor, load_predictor
+from gamjeong.predictor import Predictor
 from gamjeong.server.auth import BearerTokenInterceptor
-from gamjeong.server.batcher import DynamicBatcher, instance_executors
 from gamjeong.server.cache import ResultCache
-from gamjeong.server.grouping import CallCost, measure_predictor_cost
-from gamjeong.server.layout import plan_layout
+from gamjeong.server.engine import Attachment, InferenceEngine, default_predictor_factory
+from gamjeong.server.engine_link import EngineLink, TokenizingPredictor, connect_engine
 from gamjeong.server.metrics import ServerMetrics
-from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server, describe_model
+from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server
 from gamjeong.server.settings import ServerSettings
 
 if TYPE_CHECKING:
+    from gamjeong.server.batcher import DynamicBatcher
     from gamjeong.server.http import HttpServer
+    from gamjeong.server.layout import InstanceLayout
 
 log = logging.getLogger(__name__)
 
 # Time kept from the grace period for what follows the gRPC server's own stop (batcher, metrics, thread pools).
 _STOP_MARGIN_S = 0.2
-# Warm-up inputs: a short message and one that fills the model's whole input length.
-_WARMUP_TEXTS = ("오늘 정말 행복해요", "가나다라마바사 " * 400)
-
-
-def default_predictor_factory(settings: ServerSettings, threads: int | None = None) -> Callable[[], Predictor]:
-    """Loads the first model instance, with `threads` intra-op threads (the layout's, server/layout.py)."""
-
-    def load() -> Predictor:
-        return load_predictor(
-            settings.model,
-            backend=settings.backend,
-            device=settings.device,
-            intra_op_threads=threads,
-            max_length=settings.max_length,
-            intra_op_spinning=settings.intra_op_spinning,
-        )
-
-    return load
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+__all__ = ["GamjeongServer", "default_predictor_factory", "run_event_loop"]
 
 
 class GamjeongServer:
-    """One grpc.aio server with the classifier, health, reflection and a Prometheus endpoint."""
+    """One grpc.aio server with the classifier, health, reflection and a Prometheus endpoint.
 
-    def __init__(self, settings: ServerSettings, predictor_factory: Callable[[], Predictor] | None = None) -> None:
+    It runs its texts on an InferenceEngine of its own (server/engine.py), or, as one front-end process of
+    `gamjeong serve --workers N`, on the engine process listening at `engine_socket` (server/workers.py); then
+    `shared_port` lets the N front ends listen on the same gRPC and HTTP ports (SO_REUSEPORT).
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        predictor_factory: Callable[[], Predictor] | None = None,
+        *,
+        engine_socket: str | None = None,
+        shared_port: bool = False,
+    ) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
-        # A given factory (tests, embedding) makes its own predictors: the automatic layout is for the default one.
-        self.layout = plan_layout(settings, onnx_on_cpu=None if predictor_factory is None else False)
-        self._predictor_factory = predictor_factory or default_predictor_factory(settings, self.layout.threads)
-        self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-model")
-        # Instances 2..N (--instances): each its own session and its own thread; instance 1 uses _model_executor.
-        self._instance_executors = instance_executors(self.layout.instances - 1)
-        self._solo_executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-solo") if self.layout.solo else None
-        )
+        self.engine = None if engine_socket else InferenceEngine(settings, self.metrics, predictor_factory)
+        self._engine_socket = engine_socket
+        self._shared_port = shared_port
+        self._link: EngineLink | None = None
+        self._tokenizing: TokenizingPredictor | None = None
+        self._background: set[asyncio.Future[None]] = set()
         # One thread: a fast tokenizer instance must not be used from two threads at once (tokenizers raises
         # "Already borrowed"); it is fast enough, and the model thread is where the time goes.
         self._tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-tokenizer")
         self.servicer = EmotionClassifierServicer(settings, self.metrics, self._tokenizer_executor)
         self.health = health.aio.HealthServicer()
-        self.batcher: DynamicBatcher | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -87,6 +78,15 @@ class GamjeongServer:
         self._hurry = asyncio.Event()  # a second signal: skip what is left of the drain and the grace period
         self.http: HttpServer | None = None  # HTTP/JSON + WebSocket beside gRPC (--http-port), same servicer
         self.http_port: int | None = None
+
+    @property
+    def batcher(self) -> DynamicBatcher | None:
+        """The in-process engine's batcher (None before the model is loaded, and in a front-end process)."""
+        return None if self.engine is None else self.engine.batcher
+
+    @property
+    def layout(self) -> InstanceLayout | None:
+        return None if self.engine is None else self.engine.layout
 
     # --- start-up ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -102,14 +102,17 @@ class GamjeongServer:
             options=[
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+                # A second server on the same port must fail, not share it; only front ends of one server share it.
+                ("grpc.so_reuseport", 1 if self._shared_port else 0),
                 *self._connection_age_options(),
             ],
         )
         add_to_server(self.servicer, server)  # its deserializers turn malformed bytes into INVALID_ARGUMENT
-        # The health servicer starts with "" SERVING; nothing is served before the model is warm.
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # The health servicer starts with "" SERVING; nothing is served before the model is warm (a front end of
+        # --workers reaches the engine before it listens: it is SERVING from its first connection on).
+        if self.servicer.batcher is None:
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -174,107 +177,76 @@ class GamjeongServer:
     async def _start_http(self) -> None:
         from gamjeong.server.http import HttpServer  # FastAPI and uvicorn are imported only when HTTP is on
 
-        self.http = HttpServer(self.settings, self.servicer, self.metrics, draining=lambda: self._stopping)
+        self.http = HttpServer(
+            self.settings,
+            self.servicer,
+            self.metrics,
+            draining=lambda: self._stopping,
+            reuse_port=self._shared_port,
+        )
         await self.http.start()
         self.http_port = self.http.port
 
     async def load_model(self) -> None:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        # The first instance loads the model and its tokenizer; the others (and the solo session) are more sessions
-        # of it, each opened and warmed up in its own thread, at the same time.
-        predictor = await loop.run_in_executor(self._model_executor, self._predictor_factory)
-        predictors = [
-            predictor,
-            *await asyncio.gather(
-                *(
-                    loop.run_in_executor(e, self._another, predictor, self.layout.threads)
-                    for e in self._instance_executors
-                )
-            ),
-        ]
-        solo = None
-        if self._solo_executor is not None:
-            solo = await loop.run_in_executor(
-                self._solo_executor, predictor.another_session, None, self.settings.intra_op_spinning
-            )
-        executors = [self._model_executor, *self._instance_executors]
-        loaded = time.perf_counter()
-        warm = [*zip(executors, predictors, strict=True), *([(self._solo_executor, solo)] if solo else [])]
-        await asyncio.gather(*(loop.run_in_executor(e, self._warm_up, p) for e, p in warm))
-        call_cost = None
-        if self.settings.grouping == "cost":
-            # Every instance at once, as they will run when serving (and as they warmed up): the cores they share
-            # are part of what a call costs. The mean of their lines is the batcher's one cost line.
-            lines = await asyncio.gather(
-                *(loop.run_in_executor(e, self._call_cost, p) for e, p in zip(executors, predictors, strict=True))
-            )
-            call_cost = CallCost(
-                sum(c.per_call_s for c in lines) / len(lines), sum(c.per_token_s for c in lines) / len(lines)
-            )
-            self.metrics.call_cost.labels(part="call").set(call_cost.per_call_s)
-            self.metrics.call_cost.labels(part="token").set(call_cost.per_token_s)
-        batcher = DynamicBatcher(
-            predictor,
-            max_batch_size=self.settings.max_batch_size,
-            max_batch_tokens=self.settings.max_batch_tokens,
-            max_wait_ms=self.settings.max_wait_ms,
-            max_queue_size=self.settings.max_queue_size,
-            executor=self._model_executor,
-            metrics=self.metrics,
-            more_instances=list(zip(predictors[1:], self._instance_executors, strict=True)),
-            grouping=self.settings.grouping,
-            call_cost=call_cost,
-            sort_window=self.settings.sort_window,
-            solo=None if solo is None or self._solo_executor is None else (solo, self._solo_executor),
+        """Load the model (or, in a front-end process, reach the engine process), then report SERVING."""
+        if self.engine is not None:
+            attachment = await self.engine.load()
+        else:
+            attachment = await self._reach_engine()
+        self._attach(attachment)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "model ready" if self.engine is not None else "front end ready",
+            extra={
+                "model": str(self.settings.model),
+                "backend": attachment.model_info.backend,
+                "execution_provider": attachment.model_info.execution_provider,
+                "max_input_length": attachment.predictor.max_length,
+                "engine": "in-process" if self.engine is not None else "engine process",
+                "cache_size": self.settings.cache_size,
+            },
         )
-        batcher.start()
-        self.batcher = batcher
-        self.metrics.model_instances.set(len(predictors))
-        model_info = describe_model(Path(self.settings.model), predictor, self.settings)
+
+    def _attach(self, attachment: Attachment) -> None:
+        predictor = attachment.predictor
         cache = (
             ResultCache(self.settings.cache_size, predictor.tokenizer, predictor.max_length, self.metrics)
             if self.settings.cache_size > 0
             else None
         )
-        self.servicer.attach(predictor, batcher, model_info, cache)
+        self.servicer.attach(predictor, attachment.queue, attachment.model_info, cache)
+
+    # --- a front-end process (--workers): the model runs in the engine process -------------------------------
+    async def _reach_engine(self) -> Attachment:
+        """Connect to the engine process and take its model's description; tokenise with the model's tokenizer."""
+        assert self._engine_socket is not None
+        link = await connect_engine(self._engine_socket, on_lost=self._engine_lost)
+        model_info, max_length = await link.welcome()
+        if self._tokenizing is None or self._tokenizing.max_length != max_length:
+            self._tokenizing = TokenizingPredictor.from_dir(self.settings.model, max_length)
+        self._link = link
+        return Attachment(self._tokenizing, link, model_info)
+
+    def _engine_lost(self) -> None:
+        """The engine process went away (it is being restarted): NOT_SERVING, calls get UNAVAILABLE, reconnect."""
+        if self._stopping:
+            return
+        log.warning("lost the engine process; reconnecting", extra={"socket": self._engine_socket})
+        task = asyncio.ensure_future(self._reattach())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reattach(self) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        attachment = await self._reach_engine()
+        if self._stopping:
+            return
+        self._attach(attachment)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "model ready",
-            extra={
-                "model": str(self.settings.model),
-                "backend": predictor.backend,
-                "execution_provider": model_info.execution_provider,
-                "max_input_length": predictor.max_length,
-                "instances": len(predictors),
-                "threads_per_instance": self.layout.threads,
-                "solo_session": solo is not None,
-                "cache_size": self.settings.cache_size,
-                "load_s": round(loaded - started, 3),
-                "warmup_s": round(time.perf_counter() - loaded, 3),
-                "grouping": batcher.grouping,
-                "call_cost_ms": None if call_cost is None else round(call_cost.per_call_s * 1e3, 3),
-                "token_cost_us": None if call_cost is None else round(call_cost.per_token_s * 1e6, 3),
-            },
-        )
-
-    def _another(self, first: Predictor, threads: int | None) -> Predictor:
-        """One more instance: another session of the first one's model (sharing its tokenizer), or, where its
-        backend has none (PyTorch, a test's predictor), what the factory makes."""
-        return first.another_session(threads, self.settings.intra_op_spinning) or self._predictor_factory()
-
-    def _call_cost(self, predictor: Predictor) -> CallCost:
-        """The cost line of --grouping cost: given by --call-cost-ms/--token-cost-us, else timed on this model."""
-        if self.settings.call_cost_ms is not None and self.settings.token_cost_us is not None:
-            return CallCost(self.settings.call_cost_ms / 1e3, self.settings.token_cost_us / 1e6)
-        return measure_predictor_cost(predictor)
-
-    @staticmethod
-    def _warm_up(predictor: Predictor) -> None:
-        """One model call per warm-up text, so the first real call does not pay for lazy initialisation."""
-        for encoded in predictor.encode(list(_WARMUP_TEXTS)):
-            predictor.predict_encoded([encoded])
+        log.info("engine process reached again", extra={"socket": self._engine_socket})
 
     # --- shut-down --------------------------------------------------------------------------------------------
     async def stop(self, grace_s: float | None = None, drain_s: float | None = None) -> None:
@@ -292,7 +264,7 @@ class GamjeongServer:
         grace = self.settings.grace_s if grace_s is None else grace_s
         deadline = loop.time() + grace
         drain = min(self.settings.drain_s if drain_s is None else drain_s, grace)
-        if self.batcher is None:
+        if self.servicer.batcher is None:
             drain = 0.0  # never SERVING: no load balancer sends traffic here, so there is nothing to move away
         log.info("shutting down", extra={"grace_s": grace, "drain_s": drain})
         await self.health.enter_graceful_shutdown()  # NOT_SERVING for "" and every service, for good
@@ -306,17 +278,22 @@ class GamjeongServer:
         if self.http is not None:
             stopping.append(self.http.stop(remaining))  # open HTTP requests and WebSockets get the same grace period
         await asyncio.gather(*stopping)  # the batcher keeps running: in-flight calls still need the model
-        if self.batcher is not None:
-            await self.batcher.stop()
+        for task in self._background:
+            task.cancel()
+        if self.engine is not None:
+            await self.engine.stop()
+        if self._link is not None and self._link.transport is not None:
+            self._link.transport.close()
         self.metrics.stop_http()
-        self._model_executor.shutdown(wait=False, cancel_futures=True)
-        for executor in [*self._instance_executors, *([self._solo_executor] if self._solo_executor else [])]:
-            executor.shutdown(wait=False, cancel_futures=True)
         self._tokenizer_executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 
-    async def serve_until_signalled(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down gracefully (a second signal skips the grace period)."""
+    async def serve_until_signalled(
+        self, signals: tuple[signal.Signals, ...] = _SIGNALS, on_ready: Callable[[], None] | None = None
+    ) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully (a second signal skips the grace period). A
+        front-end process of `--workers` answers SIGTERM only (its supervisor sends it), reaches the engine before it
+        listens (so it never takes a call it cannot serve), and tells the supervisor through `on_ready`."""
         loop = asyncio.get_running_loop()
         signalled = asyncio.Event()
         signals_seen = 0
@@ -332,20 +309,25 @@ class GamjeongServer:
                     background.add(asyncio.ensure_future(self._server.stop(0)))
             signalled.set()
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signals:
             loop.add_signal_handler(signum, on_signal, signum)
         try:
-            await self.listen()
+            if self.engine is not None:
+                await self.listen()
             load = asyncio.ensure_future(self.load_model())
             await asyncio.wait({load, asyncio.ensure_future(signalled.wait())}, return_when=asyncio.FIRST_COMPLETED)
             if load.done():
                 load.result()  # a model that fails to load ends the server with its error
+                if self.engine is None:
+                    await self.listen()
+                if on_ready is not None:
+                    on_ready()
                 await signalled.wait()
             else:
                 load.cancel()
         finally:
             await self.stop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in signals:
                 loop.remove_signal_handler(signum)
 
 

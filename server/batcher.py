@@ -54,6 +54,10 @@ class DeadlinePassedError(Exception):
     """The call's deadline passed while its text waited in the queue."""
 
 
+class EngineUnavailableError(Exception):
+    """A front-end process lost (or has not yet reached) the engine process that runs the model (--workers)."""
+
+
 @dataclass(frozen=True)
 class TextOutcome:
     """The model's answer for one text, with where its time went."""

@@ -62,6 +62,7 @@ def serve(
     ),
     event_loop: EventLoop = typer.Option(None, help=_help("event_loop"), show_default=False),
     instances: int = typer.Option(None, help=_help("instances"), show_default=False),
+    workers: int = typer.Option(None, help=_help("workers"), show_default=False),
     solo: bool = typer.Option(None, "--solo/--no-solo", help=_help("solo"), show_default=False),
     cache_size: int = typer.Option(None, help=_help("cache_size"), show_default=False),
     tls_cert: Path = typer.Option(None, help=_help("tls_cert"), show_default=False),
@@ -75,6 +76,7 @@ def serve(
     from gamjeong.server.app import GamjeongServer, run_event_loop
     from gamjeong.server.logs import structured_logging
     from gamjeong.server.settings import load_settings
+    from gamjeong.server.workers import resolve_workers, serve_with_workers
 
     # A flag not given is None: the GAMJEONG_* variable, else the setting's default, applies.
     settings = load_settings(
@@ -109,6 +111,7 @@ def serve(
         intra_op_spinning=intra_op_spinning,
         event_loop=event_loop,
         instances=instances,
+        workers=workers,
         solo=solo,
         cache_size=cache_size,
         tls_cert=tls_cert,
@@ -119,11 +122,16 @@ def serve(
         log_level=log_level,
     )
     with structured_logging(settings.log_format, settings.log_level):
-        run_event_loop(GamjeongServer(settings).serve_until_signalled(), settings.event_loop)
-    _exit_now()
+        workers = resolve_workers(settings)
+        if workers > 1:
+            code = serve_with_workers(settings, workers)
+        else:
+            run_event_loop(GamjeongServer(settings).serve_until_signalled(), settings.event_loop)
+            code = 0
+    _exit_now(code)
 
 
-def _exit_now() -> None:
+def _exit_now(code: int = 0) -> None:
     """End the process as soon as the server has stopped. The interpreter's own teardown (garbage-collecting the
     module graphs of transformers, tokenizers and onnxruntime) takes 1-3 s more, measured, which would put the exit past
     the grace period a supervisor such as Kubernetes allows; nothing is left to clean up by then."""
@@ -134,7 +142,7 @@ def _exit_now() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 # Every parameter of `serve` is a ServerSettings field; values are validated there (one clear error for a bad one).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -62,6 +63,7 @@ class ServerMetrics:
             "The grouping cost model: fixed seconds per model call (part=call) and per padded token (part=token).",
             ["part"],
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.inference_latency = Histogram(
             "gamjeong_inference_seconds",
@@ -79,6 +81,7 @@ class ServerMetrics:
             "gamjeong_queue_depth",
             "Texts waiting in the batcher's queue.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.texts_classified = Counter(
             "gamjeong_texts_classified",
@@ -103,14 +106,23 @@ class ServerMetrics:
             "Result-cache entries dropped to make room (least recently used first).",
             registry=self.registry,
         )
-        self.cache_entries = Gauge("gamjeong_cache_entries", "Entries in the result cache.", registry=self.registry)
+        self.cache_entries = Gauge(
+            "gamjeong_cache_entries",
+            "Entries in the result cache.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.cache_capacity = Gauge(
-            "gamjeong_cache_capacity", "Most entries the result cache holds (0: off).", registry=self.registry
+            "gamjeong_cache_capacity",
+            "Most entries the result cache holds (0: off).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.model_instances = Gauge(
             "gamjeong_model_instances",
             "Model instances (inference sessions) fed by the batcher.",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         # process_cpu_seconds_total, resident memory, open fds: CPU per request, and idle cores that should be idle,
         # are visible in production (and `gamjeong bench server` reads the CPU time the server used under each load).
@@ -118,22 +130,9 @@ class ServerMetrics:
         self._http_server = None
 
     def serve_http(self, host: str, port: int, token: str | None = None) -> int:
-        """Start the /metrics HTTP endpoint in a daemon thread; returns the port it listens on.
-
-        With a token, a scrape must carry `Authorization: Bearer <token>` (Prometheus: `authorization: {credentials:
-        ...}` in the scrape config); without one, 401.
-        """
-        address = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # "[::]" is gRPC's spelling
-        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-        server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
-        app = make_wsgi_app(self.registry)
-        server = make_server(address, port, app if token is None else _guarded(app, token), server_class, _QuietHandler)
-        # A short poll interval: shutdown() waits for the serving loop to notice, and that is part of the grace period.
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self._http_server = server
-        bound = int(server.server_address[1])
-        log.info("metrics endpoint listening", extra={"host": address, "port": bound, "auth": token is not None})
-        return bound
+        """Start the /metrics HTTP endpoint in a daemon thread; returns the port it listens on (see serve_registry)."""
+        self._http_server = serve_registry(self.registry, host, port, token)
+        return int(self._http_server.server_address[1])
 
     def stop_http(self) -> None:
         if self._http_server is not None:
@@ -144,6 +143,56 @@ class ServerMetrics:
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0 when it has none yet); for tests and logs."""
         return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def serve_registry(registry: CollectorRegistry, host: str, port: int, token: str | None = None) -> Any:
+    """Serve a registry at /metrics in a daemon thread; returns the WSGI server (`shutdown()`, `server_close()`).
+
+    With a token, a scrape must carry `Authorization: Bearer <token>` (Prometheus: `authorization: {credentials:
+    ...}` in the scrape config); without one, 401.
+    """
+    address = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # "[::]" is gRPC's spelling
+    family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    app = make_wsgi_app(registry)
+    server = make_server(address, port, app if token is None else _guarded(app, token), server_class, _QuietHandler)
+    # A short poll interval: shutdown() waits for the serving loop to notice, and that is part of the grace period.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    log.info(
+        "metrics endpoint listening", extra={"host": address, "port": server.server_address[1], "auth": bool(token)}
+    )
+    return server
+
+
+class ProcessTreeCollector:
+    """process_cpu_seconds_total and process_resident_memory_bytes summed over several processes (the supervisor,
+    engine and front ends of `--workers`), read from /proc as prometheus_client's ProcessCollector reads one process.
+    A process that exits takes its CPU seconds with it: the counter can go down when a worker is restarted."""
+
+    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+        self._pids = pids
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        ticks, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+        cpu = rss = 0.0
+        for pid in self._pids():
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
+                    resident = int(statm.read().split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile, or not Linux
+                continue
+            cpu += (int(fields[11]) + int(fields[12])) / ticks  # utime and stime
+            rss += resident * page
+        yield CounterMetricFamily(
+            "process_cpu_seconds", "User and system CPU seconds of the server's processes.", value=cpu
+        )
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes", "Resident memory of the server's processes, in bytes.", value=rss
+        )
 
 
 class _QuietHandler(WSGIRequestHandler):

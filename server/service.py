@@ -24,8 +24,9 @@ from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.classification import ranked_ids
 from gamjeong.labels import EMOTIONS, NUM_LABELS
 from gamjeong.predictor import EncodedText, Predictor
-from gamjeong.server.batcher import DynamicBatcher, TextOutcome
+from gamjeong.server.batcher import TextOutcome
 from gamjeong.server.cache import ResultCache
+from gamjeong.server.engine import TextQueue
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.model_info import describe_model
 from gamjeong.server.settings import ServerSettings
@@ -181,14 +182,14 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
         self.metrics = metrics
         self._tokenizer_executor = tokenizer_executor
         self.predictor: Predictor | None = None
-        self.batcher: DynamicBatcher | None = None
+        self.batcher: TextQueue | None = None  # the DynamicBatcher, or a front end's link to the engine process
         self.model_info: pb.ModelInfo | None = None
         self.cache: ResultCache | None = None
 
     def attach(
         self,
         predictor: Predictor,
-        batcher: DynamicBatcher,
+        batcher: TextQueue,
         model_info: pb.ModelInfo,
         cache: ResultCache | None = None,
     ) -> None:

@@ -92,6 +92,12 @@ class ServerSettings(BaseSettings):
     instances: int = Field(
         0, ge=0, le=64, description="Model instances (inference sessions) fed by the one batcher (0: auto)."
     )
+    # Request handling in N processes (tokenising, gRPC, HTTP) sharing the ports and feeding one engine process that
+    # holds the model and the one batcher (server/workers.py): what keeps a GPU fed. 0: N on CUDA, 1 (one process,
+    # everything in it, as before) on a CPU, where the cores are better spent on the model.
+    workers: int = Field(
+        0, ge=0, le=64, description="Front-end processes sharing the ports and feeding one model process (0: auto)."
+    )
     # One more session with a thread per core, for a batch that would run alone on an idle server: the latency of
     # one multi-thread session at low load, the throughput of single-thread instances under load (server/layout.py).
     solo: bool = Field(True, description="Keep a session with all cores' threads for lone batches on an idle server.")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from gamjeong.server.batcher import BatcherStoppedError, DeadlinePassedError, QueueFullError
+from gamjeong.server.batcher import BatcherStoppedError, DeadlinePassedError, EngineUnavailableError, QueueFullError
 
 
 class RequestError(Exception):
@@ -58,6 +58,10 @@ EXCEPTION_STATUS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
         "The deadline passed while the texts waited in the queue.",
     ),
     BatcherStoppedError: (grpc.StatusCode.UNAVAILABLE, "The server is shutting down; retry elsewhere."),
+    EngineUnavailableError: (
+        grpc.StatusCode.UNAVAILABLE,
+        "The server's model process is not reachable (restarting); retry shortly.",
+    ),
 }
 
 # The HTTP status of each gRPC status code, for the HTTP/JSON and WebSocket transport (gamjeong.server.http): one

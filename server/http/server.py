@@ -33,9 +33,11 @@ class HttpServer:
         servicer: EmotionClassifierServicer,
         metrics: ServerMetrics,
         draining: Callable[[], bool],
+        reuse_port: bool = False,
     ) -> None:
         assert settings.http_port is not None
         self.settings = settings
+        self._reuse_port = reuse_port  # the front ends of `--workers N` all listen on the one HTTP port
         self.app = create_app(ServingState(settings, servicer, metrics, draining))
         self.port: int | None = None
         self._server: uvicorn.Server | None = None
@@ -72,6 +74,8 @@ class HttpServer:
         try:
             # A restart may rebind while the last run's connections sit in TIME_WAIT; a live listener still refuses.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and host in ("::", ""):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] takes IPv4 too, as gRPC's does
             sock.bind((host, settings.http_port))

@@ -1,0 +1,324 @@
+"""How front-end processes hand texts to the engine process (`gamjeong serve --workers N`): one Unix socket.
+
+Each front end tokenises its own calls and sends the token ids; the engine queues them in its one DynamicBatcher, so
+the model sees batches made of every front end's texts, and sends back seven probabilities per text. Both sides
+coalesce: everything submitted (or answered) during one turn of the event loop goes as one frame, so under load a
+frame carries many texts and the engine's loop handles a few frames per batch, not one per text.
+
+Frames are a 4-byte length and a pickle of a tuple of small numpy arrays. The socket lives in a directory only this
+user can enter (server/workers.py), and only our own processes connect to it.
+
+    front end -> engine   ("hello",)
+                          ("submit", ids int64[n], calls int32[m] (texts per call), lengths int32[n],
+                                     token ids int32[sum(lengths)], seconds left per call float64[m] (nan: none))
+                          ("cancel", ids int64[k])          texts whose call went away: the batcher drops them
+    engine -> front end   ("welcome", ModelInfo bytes, max input length)
+                          ("done", ids int64[k], probabilities float32[k, 7], timing int64[k, 3])
+                          ("error", ids int64[k], kind str, message str)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gamjeong.api.v1 import emotion_pb2 as pb
+from gamjeong.predictor import EncodedText, Predictor
+from gamjeong.server.batcher import (
+    BatcherStoppedError,
+    DeadlinePassedError,
+    DynamicBatcher,
+    EngineUnavailableError,
+    QueueFullError,
+    TextOutcome,
+)
+
+log = logging.getLogger(__name__)
+
+_HEADER = 4
+# Error kinds on the wire, and the exception a front end raises for each (server/status.py maps them to statuses).
+_ERRORS: dict[str, type[Exception]] = {
+    "queue_full": QueueFullError,
+    "stopped": BatcherStoppedError,
+    "deadline": DeadlinePassedError,
+}
+
+
+class ModelCallError(Exception):
+    """The model call failed in the engine process (its log has the traceback); the calls in that batch fail."""
+
+
+def _frame(message: tuple[Any, ...]) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(body).to_bytes(_HEADER, "little") + body
+
+
+class _Framed(asyncio.Protocol):
+    """Length-prefixed pickled frames over a stream transport; subclasses handle one decoded message at a time."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _HEADER:
+            size = int.from_bytes(buffer[start : start + _HEADER], "little")
+            end = start + _HEADER + size
+            if len(buffer) < end:
+                break
+            self.handle(pickle.loads(memoryview(buffer)[start + _HEADER : end]))
+            start = end
+        del buffer[:start]
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_frame(message))
+
+    def handle(self, message: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+
+# --- the engine's side ------------------------------------------------------------------------------------------
+class EngineEndpoint(_Framed):
+    """One front end's connection, on the engine process: queue its texts, answer each as its batch finishes."""
+
+    def __init__(self, batcher: DynamicBatcher, model_info: pb.ModelInfo, max_length: int) -> None:
+        super().__init__()
+        self._batcher = batcher
+        self._welcome = ("welcome", model_info.SerializeToString(), max_length)
+        self._in_flight: dict[int, asyncio.Future[TextOutcome]] = {}
+        self._done: list[tuple[int, TextOutcome]] = []
+        self._errors: list[tuple[int, str, str]] = []
+        self._flush_scheduled = False
+
+    def handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "submit":
+            self._submit(*message[1:])
+        elif kind == "cancel":
+            for text_id in message[1].tolist():
+                future = self._in_flight.pop(text_id, None)
+                if future is not None:
+                    future.cancel()  # the batcher skips a done future; _answer ignores a cancelled one
+        elif kind == "hello":
+            self.send(self._welcome)
+
+    def _submit(
+        self, ids: np.ndarray, calls: np.ndarray, lengths: np.ndarray, tokens: np.ndarray, seconds_left: np.ndarray
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        first = 0
+        for count, left in zip(calls.tolist(), seconds_left.tolist(), strict=True):
+            call_ids = ids[first : first + count].tolist()
+            encoded = [EncodedText(tokens[offsets[i] : offsets[i + 1]], False) for i in range(first, first + count)]
+            first += count
+            try:
+                futures = self._batcher.submit(encoded, None if left != left else now + left)  # nan: no deadline
+            except (QueueFullError, BatcherStoppedError) as exc:
+                kind = "queue_full" if isinstance(exc, QueueFullError) else "stopped"
+                self._errors.extend((text_id, kind, "") for text_id in call_ids)
+                self._schedule_flush()
+                continue
+            for text_id, future in zip(call_ids, futures, strict=True):
+                self._in_flight[text_id] = future
+                future.add_done_callback(lambda f, i=text_id: self._answer(i, f))
+
+    def _answer(self, text_id: int, future: asyncio.Future[TextOutcome]) -> None:
+        if future.cancelled() or self._in_flight.pop(text_id, None) is None:
+            return
+        exc = future.exception()
+        if exc is None:
+            self._done.append((text_id, future.result()))
+        elif isinstance(exc, DeadlinePassedError | BatcherStoppedError):
+            self._errors.append((text_id, "deadline" if isinstance(exc, DeadlinePassedError) else "stopped", ""))
+        else:
+            self._errors.append((text_id, "failed", exc.__class__.__name__))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        # One frame per turn of the loop: a batch's texts are all answered in the same turn.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._done:
+            done, self._done = self._done, []
+            self.send(
+                (
+                    "done",
+                    np.fromiter((i for i, _ in done), dtype=np.int64, count=len(done)),
+                    np.stack([o.probabilities for _, o in done]).astype(np.float32, copy=False),
+                    np.array([(o.queue_time_ns, o.inference_time_ns, o.batch_size) for _, o in done], dtype=np.int64),
+                )
+            )
+        if self._errors:
+            errors, self._errors = self._errors, []
+            for (kind, message), group in itertools.groupby(sorted(errors, key=lambda e: e[1:]), lambda e: e[1:]):
+                self.send(("error", np.array([e[0] for e in group], dtype=np.int64), kind, message))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The front end is gone (stopped, or died): nobody waits for its texts any more.
+        for future in self._in_flight.values():
+            future.cancel()
+        self._in_flight.clear()
+
+
+async def serve_engine(path: str, batcher: DynamicBatcher, model_info: pb.ModelInfo, max_length: int) -> asyncio.Server:
+    """Listen on the Unix socket `path` for front ends."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_unix_server(lambda: EngineEndpoint(batcher, model_info, max_length), path)
+
+
+# --- a front end's side -----------------------------------------------------------------------------------------
+class TokenizingPredictor(Predictor):
+    """A front end's predictor: the model's tokenizer and Predictor's own encoding path (so the ids are the ones the
+    engine would make), and no model: the texts' ids go to the engine process."""
+
+    backend = "front-end"
+    device = "cpu"
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, max_length: int) -> TokenizingPredictor:
+        from gamjeong.tokenization import load_serving_tokenizer
+
+        return cls(load_serving_tokenizer(model_dir), max_length)
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        raise RuntimeError("a front-end process runs no model; its texts go to the engine process")
+
+
+class EngineLink(_Framed):
+    """A front end's connection to the engine, with the batcher's `submit()`: the servicer uses it unchanged."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_lost = on_lost
+        self._ids = itertools.count()
+        self._pending: dict[int, asyncio.Future[TextOutcome]] = {}
+        self._outgoing: list[tuple[list[int], Sequence[EncodedText], float]] = []
+        self._cancelled: list[int] = []
+        self._flush_scheduled = False
+        self._welcome: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
+        self.connected = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.connected = True
+        self.send(("hello",))
+
+    async def welcome(self) -> tuple[pb.ModelInfo, int]:
+        """The engine's ModelInfo and max input length, sent once it has accepted this front end."""
+        info, max_length = await self._welcome
+        return pb.ModelInfo.FromString(info), max_length
+
+    def submit(
+        self, encoded: Sequence[EncodedText], deadline: float | None = None
+    ) -> list[asyncio.Future[TextOutcome]]:
+        """Queue one call's texts at the engine; outcomes (or its errors: queue full...) arrive as futures."""
+        if not self.connected:
+            raise EngineUnavailableError
+        loop = asyncio.get_running_loop()
+        ids = [next(self._ids) for _ in encoded]
+        futures = []
+        for text_id in ids:
+            future: asyncio.Future[TextOutcome] = loop.create_future()
+            future.add_done_callback(lambda f, i=text_id: self._local_done(i, f))
+            self._pending[text_id] = future
+            futures.append(future)
+        seconds_left = float("nan") if deadline is None else deadline - loop.time()
+        self._outgoing.append((ids, encoded, seconds_left))
+        self._schedule_flush()
+        return futures
+
+    def _local_done(self, text_id: int, future: asyncio.Future[TextOutcome]) -> None:
+        if future.cancelled() and self._pending.pop(text_id, None) is not None:
+            self._cancelled.append(text_id)  # the call went away: tell the engine to drop the text
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outgoing:
+            calls, self._outgoing = self._outgoing, []
+            ids = [i for call_ids, _, _ in calls for i in call_ids]
+            texts = [np.asarray(e.input_ids, dtype=np.int32) for _, encoded, _ in calls for e in encoded]
+            self.send(
+                (
+                    "submit",
+                    np.array(ids, dtype=np.int64),
+                    np.array([len(call_ids) for call_ids, _, _ in calls], dtype=np.int32),
+                    np.array([len(t) for t in texts], dtype=np.int32),
+                    np.concatenate(texts),
+                    np.array([left for _, _, left in calls], dtype=np.float64),
+                )
+            )
+        if self._cancelled:
+            cancelled, self._cancelled = self._cancelled, []
+            self.send(("cancel", np.array(cancelled, dtype=np.int64)))
+
+    def handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "done":
+            _, ids, probabilities, timing = message
+            for text_id, row, (queue_ns, inference_ns, batch_size) in zip(
+                ids.tolist(), probabilities, timing.tolist(), strict=True
+            ):
+                future = self._pending.pop(text_id, None)
+                if future is not None and not future.done():
+                    future.set_result(TextOutcome(row, queue_ns, inference_ns, batch_size))
+        elif kind == "error":
+            _, ids, error, name = message
+            for text_id in ids.tolist():
+                future = self._pending.pop(text_id, None)
+                if future is not None and not future.done():
+                    exc_type = _ERRORS.get(error)
+                    future.set_exception(exc_type() if exc_type else ModelCallError(name))
+        elif kind == "welcome" and not self._welcome.done():
+            self._welcome.set_result((message[1], message[2]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connected = False
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(EngineUnavailableError())
+        if not self._welcome.done():
+            self._welcome.set_exception(EngineUnavailableError())
+        self._on_lost()
+
+
+async def connect_engine(path: str, on_lost: Callable[[], None], retry_s: float = 0.1) -> EngineLink:
+    """Connect to the engine at `path`, waiting for it to listen (it starts listening once its model is warm)."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    while True:
+        try:
+            _, link = await loop.create_unix_connection(lambda: EngineLink(on_lost), path)
+            return link
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() - started > 5 and int(time.monotonic() - started) % 30 == 0:
+                log.debug("waiting for the engine process", extra={"socket": path})
+            await asyncio.sleep(retry_s)
