@@ -182,10 +182,37 @@ class EngineEndpoint(_Framed):
         self._in_flight.clear()
 
 
-async def serve_engine(path: str, batcher: DynamicBatcher, model_info: pb.ModelInfo, max_length: int) -> asyncio.Server:
+class EngineServer:
+    """The engine's listening socket and its front ends' connections."""
+
+    def __init__(self, batcher: DynamicBatcher, model_info: pb.ModelInfo, max_length: int) -> None:
+        self._batcher, self._model_info, self._max_length = batcher, model_info, max_length
+        self._server: asyncio.Server | None = None
+        self.endpoints: set[EngineEndpoint] = set()
+
+    def _endpoint(self) -> EngineEndpoint:
+        endpoint = EngineEndpoint(self._batcher, self._model_info, self._max_length)
+        self.endpoints.add(endpoint)
+        return endpoint
+
+    async def listen(self, path: str) -> None:
+        self._server = await asyncio.get_running_loop().create_unix_server(self._endpoint, path)
+
+    def close(self) -> None:
+        """Stop listening and close every front end's connection (their calls in flight fail as UNAVAILABLE)."""
+        if self._server is not None:
+            self._server.close()
+        for endpoint in self.endpoints:
+            if endpoint.transport is not None:
+                endpoint.transport.close()
+        self.endpoints.clear()
+
+
+async def serve_engine(path: str, batcher: DynamicBatcher, model_info: pb.ModelInfo, max_length: int) -> EngineServer:
     """Listen on the Unix socket `path` for front ends."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_unix_server(lambda: EngineEndpoint(batcher, model_info, max_length), path)
+    server = EngineServer(batcher, model_info, max_length)
+    await server.listen(path)
+    return server
 
 
 # --- a front end's side -----------------------------------------------------------------------------------------
