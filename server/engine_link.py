@@ -104,6 +104,7 @@ class EngineEndpoint(_Framed):
         self._done: list[tuple[int, TextOutcome]] = []
         self._errors: list[tuple[int, str, str]] = []
         self._flush_scheduled = False
+        self.on_close: Callable[[EngineEndpoint], None] | None = None
 
     def handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -180,6 +181,8 @@ class EngineEndpoint(_Framed):
         for future in self._in_flight.values():
             future.cancel()
         self._in_flight.clear()
+        if self.on_close is not None:
+            self.on_close(self)
 
 
 class EngineServer:
@@ -192,8 +195,15 @@ class EngineServer:
 
     def _endpoint(self) -> EngineEndpoint:
         endpoint = EngineEndpoint(self._batcher, self._model_info, self._max_length)
+        endpoint.on_close = self.endpoints.discard
         self.endpoints.add(endpoint)
         return endpoint
+
+    async def wait_for_front_ends(self, timeout_s: float) -> None:
+        """Until every front end has closed its connection (they are draining), at most `timeout_s`."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.endpoints and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def listen(self, path: str) -> None:
         self._server = await asyncio.get_running_loop().create_unix_server(self._endpoint, path)

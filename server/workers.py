@@ -144,6 +144,9 @@ async def _engine_main(settings: ServerSettings, socket_path: str, events: Conne
     server = await serve_engine(socket_path, engine.batcher, attachment.model_info, attachment.predictor.max_length)
     events.send(("ready", ""))
     await stopped
+    # Stopped first (the supervisor's order), or together with the front ends (a service manager that signals every
+    # process of the group): either way the model serves until the last front end has drained and gone.
+    await server.wait_for_front_ends(settings.grace_s + 1.0)
     server.close()
     await engine.stop()
     log.info("engine stopped")
