@@ -86,7 +86,13 @@ async def until(condition, what: str, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture
-async def linked(tiny_int8_dir: Path, tmp_path: Path):
+def front_settings() -> dict[str, object]:
+    """Settings of the front end only (a test overrides it: auth, cache)."""
+    return {}
+
+
+@pytest.fixture
+async def linked(tiny_int8_dir: Path, tmp_path: Path, front_settings: dict[str, object]):
     """An engine (gated model) behind a Unix socket and a front end in front of it, both on this event loop."""
     gated = GatedPredictor(load_predictor(tiny_int8_dir))
     settings = load_settings(
@@ -104,7 +110,7 @@ async def linked(tiny_int8_dir: Path, tmp_path: Path):
     gated.texts_run = 0  # the warm-up and the cost measurement ran the model too
     socket_path = str(tmp_path / "engine.sock")
     endpoint = await serve_engine(socket_path, engine.batcher, attachment.model_info, attachment.predictor.max_length)
-    front = GamjeongServer(settings, engine_socket=socket_path)
+    front = GamjeongServer(settings.model_copy(update=front_settings), engine_socket=socket_path)
     await front.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{front.port}")
     state = {"engine": engine, "metrics": metrics, "gated": gated, "front": front, "endpoint": endpoint}
@@ -130,6 +136,20 @@ async def test_a_front_end_answers_what_the_model_answers_and_says_which_model(l
     stream = [r async for r in linked["stub"].ClassifyStream(pb.ClassifyStreamRequest(texts=TEXTS * 20), timeout=10)]
     assert sum(len(r.results) for r in stream) == 100
     assert linked["metrics"].value("gamjeong_texts_classified_total") == 105  # counted where the model runs
+
+
+@pytest.mark.parametrize("front_settings", [{"auth_token": "s3cret", "cache_size": 100}])
+async def test_a_front_end_keeps_its_auth_and_its_cache(linked) -> None:
+    stub, gated = linked["stub"], linked["gated"]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Classify(pb.ClassifyRequest(texts=["안녕"]), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    token = (("authorization", "Bearer s3cret"),)
+    first = await stub.Classify(pb.ClassifyRequest(texts=["안녕"]), timeout=5, metadata=token)
+    again = await stub.Classify(pb.ClassifyRequest(texts=["안녕"]), timeout=5, metadata=token)
+    assert not first.results[0].timing.cache_hit and again.results[0].timing.cache_hit
+    assert again.results[0].scores == first.results[0].scores
+    assert gated.texts_run == 1  # the repeat never left the front end
 
 
 async def test_the_engine_refusals_and_dropped_calls_reach_the_front_end(linked) -> None:
@@ -213,6 +233,7 @@ def test_workers_answer_alike_add_up_survive_a_dead_front_end_and_drain_together
     command = [sys.executable, "-m", "gamjeong.cli", "serve", "--model", str(tiny_int8_dir), "--host", "127.0.0.1"]
     command += ["--port", "0", "--metrics-port", "0", "--workers", "2", "--log-format", "json"]
     command += ["--grace-s", str(grace_s), "--drain-s", str(drain_s), "--instances", "1", "--no-solo"]
+    command += ["--http-port", "0"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     pump = _pump(process.stderr, lines)
@@ -232,9 +253,14 @@ def test_workers_answer_alike_add_up_survive_a_dead_front_end_and_drain_together
                 for text, result in zip(TEXTS, results, strict=True):
                     expected = reference.predict_proba([text])[0]
                     np.testing.assert_allclose(_vector(result), expected, atol=TOLERANCE)
+        http = httpx.post(f"http://127.0.0.1:{listening['http_port']}/v1/classify", json={"texts": TEXTS}, timeout=10)
+        assert http.status_code == 200, http.text
+        for text, result in zip(TEXTS, http.json()["results"], strict=True):
+            scores = [result["scores"][name] for name in ("joy", "sadness", "anger", "fear", "surprise", "disgust")]
+            np.testing.assert_allclose(scores, reference.predict_proba([text])[0][:6], atol=TOLERANCE)
         scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
-        assert _metric(scrape, 'gamjeong_requests_total{code="OK",method="Classify"}') == calls
-        assert _metric(scrape, "gamjeong_texts_classified_total") == calls * len(TEXTS)
+        assert _metric(scrape, 'gamjeong_requests_total{code="OK",method="Classify"}') == calls + 1  # + HTTP's
+        assert _metric(scrape, "gamjeong_texts_classified_total") == (calls + 1) * len(TEXTS)
         assert _metric(scrape, "gamjeong_model_instances") == 1
         assert _metric(scrape, "process_cpu_seconds_total") > 0
 
