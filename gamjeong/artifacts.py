@@ -13,6 +13,7 @@ benchmarks, quickstart) goes through `read_manifest` / `verify_manifest`, the on
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,14 @@ class Manifest(_Section):
     def directory(self) -> Path | None:
         """The exported directory it was read from (resolved); None for one built in memory."""
         return self._directory
+
+    @property
+    def version(self) -> str:
+        """The export's identity: the first 16 hex digits of the sha256 of this manifest as canonical JSON. The
+        manifest lists every file's sha256, so two exports that differ in any file differ here; what the server
+        reports as the model version (and what a reload compares)."""
+        canonical = json.dumps(self.as_json(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
     @property
     def precision(self) -> str:

@@ -12,20 +12,24 @@ import logging
 import signal
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
 from gamjeong.choices import EventLoop
 from gamjeong.errors import GamjeongError
 from gamjeong.predictor import Predictor
+from gamjeong.server.admin import ADMIN_SERVICE_NAME, ModelAdminServicer
 from gamjeong.server.auth import BearerTokenInterceptor
 from gamjeong.server.cache import ResultCache
 from gamjeong.server.engine import Attachment, InferenceEngine, default_predictor_factory
-from gamjeong.server.engine_link import EngineLink, TokenizingPredictor, connect_engine
+from gamjeong.server.engine_link import EngineLink, EngineModel, TokenizingPredictor, connect_engine
 from gamjeong.server.metrics import ServerMetrics
+from gamjeong.server.reload import ModelReloader, ReloadFailedError, ReloadInProgressError, ReloadOutcome
 from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server
 from gamjeong.server.settings import ServerSettings
 
@@ -63,8 +67,11 @@ class GamjeongServer:
         self.engine = None if engine_socket else InferenceEngine(settings, self.metrics, predictor_factory)
         self._engine_socket = engine_socket
         self._shared_port = shared_port
+        self._predictor_factory = predictor_factory
+        self.reloader: ModelReloader | None = None  # the in-process engine's (a front end asks the engine process)
         self._link: EngineLink | None = None
         self._tokenizing: TokenizingPredictor | None = None
+        self._tokenizer_dir: Path | None = None
         self._background: set[asyncio.Future[None]] = set()
         # One thread: a fast tokenizer instance must not be used from two threads at once (tokenizers raises
         # "Already borrowed"); it is fast enough, and the model thread is where the time goes.
@@ -108,6 +115,7 @@ class GamjeongServer:
             ],
         )
         add_to_server(self.servicer, server)  # its deserializers turn malformed bytes into INVALID_ARGUMENT
+        pb_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.reload_model, self.metrics), server)
         # The health servicer starts with "" SERVING; nothing is served before the model is warm (a front end of
         # --workers reaches the engine before it listens: it is SERVING from its first connection on).
         if self.servicer.batcher is None:
@@ -115,7 +123,12 @@ class GamjeongServer:
                 await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         address = f"{settings.host}:{settings.port}"
@@ -191,6 +204,10 @@ class GamjeongServer:
         """Load the model (or, in a front-end process, reach the engine process), then report SERVING."""
         if self.engine is not None:
             attachment = await self.engine.load()
+            self.reloader = ModelReloader(
+                self.settings, self.metrics, self.engine, self._swapped, self._predictor_factory
+            )
+            self.reloader.start_watching()
         else:
             attachment = await self._reach_engine()
         self._attach(attachment)
@@ -216,17 +233,52 @@ class GamjeongServer:
             else None
         )
         self.servicer.attach(predictor, attachment.queue, attachment.model_info, cache)
+        self.metrics.set_model(attachment.model_info.model_version, attachment.model_info.exported_at)
+
+    # --- a new model without downtime (server/reload.py) ------------------------------------------------------
+    def _swapped(self, attachment: Attachment, model_dir: Path) -> None:
+        """The reloader loaded a new model: new calls and batches go to it from now on."""
+        assert self.reloader is not None
+        self.engine = self.reloader.engine
+        self._attach(attachment)
+
+    async def reload_model(self, trigger: str = "admin") -> ReloadOutcome:
+        """Load the model path again and swap to it (ModelAdmin.ReloadModel, SIGHUP); in a front-end process, the
+        engine process does it and tells every front end."""
+        if self.reloader is not None:
+            return await self.reloader.reload(trigger)
+        if self._link is None or not self._link.connected:
+            raise ReloadFailedError("The model process is not reachable; retry shortly.")
+        ok, changed, previous, message = await self._link.reload()
+        if not ok:
+            if message == "in progress":
+                raise ReloadInProgressError
+            raise ReloadFailedError(message)
+        if changed:  # the engine announced the new model on this link before answering: it is attached already
+            assert self.servicer.model_info is not None
+        return ReloadOutcome(self.servicer.model_info, changed, previous)  # type: ignore[arg-type]
 
     # --- a front-end process (--workers): the model runs in the engine process -------------------------------
     async def _reach_engine(self) -> Attachment:
         """Connect to the engine process and take its model's description; tokenise with the model's tokenizer."""
         assert self._engine_socket is not None
-        link = await connect_engine(self._engine_socket, on_lost=self._engine_lost)
-        model_info, max_length = await link.welcome()
-        if self._tokenizing is None or self._tokenizing.max_length != max_length:
-            self._tokenizing = TokenizingPredictor.from_dir(self.settings.model, max_length)
+        link = await connect_engine(self._engine_socket, on_lost=self._engine_lost, on_model=self._engine_model)
         self._link = link
-        return Attachment(self._tokenizing, link, model_info)
+        return self._engine_attachment(await link.welcome())
+
+    def _engine_attachment(self, model: EngineModel) -> Attachment:
+        """Tokenise with the tokenizer of the directory the engine loaded (a reload may bring another one)."""
+        tokenizing = self._tokenizing
+        if tokenizing is None or tokenizing.max_length != model.max_length or self._tokenizer_dir != model.directory:
+            tokenizing = TokenizingPredictor.from_dir(model.directory, model.max_length)
+            self._tokenizing, self._tokenizer_dir = tokenizing, model.directory
+        assert self._link is not None
+        return Attachment(tokenizing, self._link, model.info)
+
+    def _engine_model(self, model: EngineModel) -> None:
+        """The engine process reloaded its model: attach the new one."""
+        self._attach(self._engine_attachment(model))
+        log.info("front end follows the reloaded model", extra={"model_version": model.info.model_version})
 
     def _engine_lost(self) -> None:
         """The engine process went away (it is being restarted): NOT_SERVING, calls get UNAVAILABLE, reconnect."""
@@ -280,6 +332,8 @@ class GamjeongServer:
         await asyncio.gather(*stopping)  # the batcher keeps running: in-flight calls still need the model
         for task in self._background:
             task.cancel()
+        if self.reloader is not None:
+            await self.reloader.stop()
         if self.engine is not None:
             await self.engine.stop()
         if self._link is not None and self._link.transport is not None:
@@ -287,6 +341,11 @@ class GamjeongServer:
         self.metrics.stop_http()
         self._tokenizer_executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
+
+    def _reload_on_signal(self) -> None:
+        log.info("signal received", extra={"signal": "SIGHUP"})
+        if self.reloader is not None:
+            self.reloader.reload_in_background("SIGHUP")
 
     async def serve_until_signalled(
         self, signals: tuple[signal.Signals, ...] = _SIGNALS, on_ready: Callable[[], None] | None = None
@@ -311,6 +370,8 @@ class GamjeongServer:
 
         for signum in signals:
             loop.add_signal_handler(signum, on_signal, signum)
+        if self.engine is not None:  # SIGHUP: reload the model (a front end's supervisor sends it to the engine)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         try:
             if self.engine is not None:
                 await self.listen()
@@ -327,7 +388,7 @@ class GamjeongServer:
                 load.cancel()
         finally:
             await self.stop()
-            for signum in signals:
+            for signum in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
 
 

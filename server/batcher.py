@@ -66,6 +66,7 @@ class TextOutcome:
     queue_time_ns: int
     inference_time_ns: int
     batch_size: int
+    model_version: str = ""  # ModelInfo.model_version of the model that ran it (a reload swaps models)
 
 
 @dataclass(eq=False)
@@ -100,6 +101,7 @@ class DynamicBatcher:
         call_cost: CallCost | None = None,
         sort_window: int = 128,
         solo: tuple[Predictor, Executor] | None = None,
+        model_version: str = "",
     ) -> None:
         # Instance 0 is (predictor, executor); `more_instances` are the others, each its own session and thread.
         self._predictors: list[Predictor] = [predictor, *(p for p, _ in more_instances)]
@@ -115,6 +117,7 @@ class DynamicBatcher:
         # of similar lengths (the issue's measurement: sorting windows of 64 beat arrival-order batches of 32 by 1.7x).
         self.sort_window = max(sort_window, max_batch_size) if self.grouping == "cost" else max_batch_size
         self._solo = solo
+        self.model_version = model_version
         self._metrics = metrics
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -171,6 +174,13 @@ class DynamicBatcher:
                 self._idle.put_nowait(index)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._collect_forever(), name="gamjeong-batcher")
+
+    async def drain(self, timeout_s: float) -> None:
+        """Until nothing is queued or running, at most `timeout_s` (a reload retires this batcher: no new texts)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while (self._queue or self._running) and loop.time() < end:
+            await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
         """Stop collecting; texts still queued fail with BatcherStoppedError (call after in-flight calls finished)."""
@@ -338,4 +348,4 @@ class DynamicBatcher:
             queue_ns = started_ns - item.enqueued_ns
             self._metrics.queue_time.observe(queue_ns / 1e9)
             if not item.future.done():  # cancelled while the model ran: nothing to deliver
-                item.future.set_result(TextOutcome(row, queue_ns, inference_ns, len(group)))
+                item.future.set_result(TextOutcome(row, queue_ns, inference_ns, len(group), self.model_version))

@@ -30,6 +30,7 @@ class CachedResult:
     probabilities: np.ndarray  # float32 [7], read-only
     num_tokens: int
     truncated: bool
+    model_version: str = ""
 
 
 class ResultCache:
@@ -68,12 +69,19 @@ class ResultCache:
         self._metrics.cache_lookups.labels(result="hit").inc()
         return found
 
-    def put(self, key: tuple[str, bool, int] | None, probabilities: np.ndarray, num_tokens: int, truncated: bool):
+    def put(
+        self,
+        key: tuple[str, bool, int] | None,
+        probabilities: np.ndarray,
+        num_tokens: int,
+        truncated: bool,
+        model_version: str = "",
+    ) -> None:
         if key is None:
             return
         row = np.array(probabilities, dtype=np.float32, copy=True)
         row.setflags(write=False)  # shared by every later hit: nobody may change it
-        self._entries[key] = CachedResult(row, num_tokens, truncated)
+        self._entries[key] = CachedResult(row, num_tokens, truncated, model_version)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

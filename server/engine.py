@@ -129,6 +129,7 @@ class InferenceEngine:
             )
             self.metrics.call_cost.labels(part="call").set(call_cost.per_call_s)
             self.metrics.call_cost.labels(part="token").set(call_cost.per_token_s)
+        model_info = describe_model(Path(self.settings.model), predictor, self.settings)
         batcher = DynamicBatcher(
             predictor,
             max_batch_size=self.settings.max_batch_size,
@@ -142,11 +143,12 @@ class InferenceEngine:
             call_cost=call_cost,
             sort_window=self.settings.sort_window,
             solo=None if solo is None or self._solo_executor is None else (solo, self._solo_executor),
+            model_version=model_info.model_version,
         )
         batcher.start()
         self.predictor, self.batcher = predictor, batcher
         self.metrics.model_instances.set(len(predictors))
-        self.model_info = describe_model(Path(self.settings.model), predictor, self.settings)
+        self.model_info = model_info
         log.info(
             "model loaded",
             extra={
@@ -182,6 +184,14 @@ class InferenceEngine:
         """One model call per warm-up text, so the first real call does not pay for lazy initialisation."""
         for encoded in predictor.encode(list(_WARMUP_TEXTS)):
             predictor.predict_encoded([encoded])
+
+    async def retire(self, timeout_s: float) -> None:
+        """After a reload: let the batcher finish what it has queued and running (nothing new reaches it), then stop
+        and drop the model instances."""
+        if self.batcher is not None:
+            await self.batcher.drain(timeout_s)
+        await self.stop()
+        self.predictor = self.batcher = None
 
     async def stop(self) -> None:
         """Stop the batcher (texts still queued fail with BatcherStoppedError) and the model threads."""

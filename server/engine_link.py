@@ -9,11 +9,13 @@ Frames are a 4-byte length and a pickle of a tuple of small numpy arrays. The so
 user can enter (server/workers.py), and only our own processes connect to it.
 
     front end -> engine   ("hello",)
+                          ("reload",)                       ModelAdmin.ReloadModel, answered by "reloaded"
                           ("submit", ids int64[n], calls int32[m] (texts per call), lengths int32[n],
                                      token ids int32[sum(lengths)], seconds left per call float64[m] (nan: none))
                           ("cancel", ids int64[k])          texts whose call went away: the batcher drops them
-    engine -> front end   ("welcome", ModelInfo bytes, max input length)
-                          ("done", ids int64[k], probabilities float32[k, 7], timing int64[k, 3])
+    engine -> front end   ("model", ModelInfo bytes, max input length, model directory)   on hello, and after a reload
+                          ("reloaded", ok, changed, previous version, message)
+                          ("done", ids int64[k], probabilities float32[k, 7], timing int64[k, 3], model version)
                           ("error", ids int64[k], kind str, message str)
 """
 
@@ -24,13 +26,15 @@ import itertools
 import logging
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gamjeong.api.v1 import emotion_pb2 as pb
+from gamjeong.errors import GamjeongError
 from gamjeong.predictor import EncodedText, Predictor
 from gamjeong.server.batcher import (
     BatcherStoppedError,
@@ -41,6 +45,10 @@ from gamjeong.server.batcher import (
     TextOutcome,
 )
 
+if TYPE_CHECKING:
+    from gamjeong.server.engine import Attachment
+    from gamjeong.server.reload import ReloadOutcome
+
 log = logging.getLogger(__name__)
 
 _HEADER = 4
@@ -50,6 +58,16 @@ _ERRORS: dict[str, type[Exception]] = {
     "stopped": BatcherStoppedError,
     "deadline": DeadlinePassedError,
 }
+
+
+@dataclass(frozen=True)
+class EngineModel:
+    """What the engine announces: the model it serves, its max input length, and the directory it loaded (the front
+    end takes its tokenizer from there, so a reload to another tokenizer tokenises for the right model)."""
+
+    info: pb.ModelInfo
+    max_length: int
+    directory: Path
 
 
 class ModelCallError(Exception):
@@ -96,10 +114,10 @@ class _Framed(asyncio.Protocol):
 class EngineEndpoint(_Framed):
     """One front end's connection, on the engine process: queue its texts, answer each as its batch finishes."""
 
-    def __init__(self, batcher: DynamicBatcher, model_info: pb.ModelInfo, max_length: int) -> None:
+    def __init__(self, server: EngineServer) -> None:
         super().__init__()
-        self._batcher = batcher
-        self._welcome = ("welcome", model_info.SerializeToString(), max_length)
+        self._server = server
+        self._batcher = server.batcher
         self._in_flight: dict[int, asyncio.Future[TextOutcome]] = {}
         self._done: list[tuple[int, TextOutcome]] = []
         self._errors: list[tuple[int, str, str]] = []
@@ -116,7 +134,31 @@ class EngineEndpoint(_Framed):
                 if future is not None:
                     future.cancel()  # the batcher skips a done future; _answer ignores a cancelled one
         elif kind == "hello":
-            self.send(self._welcome)
+            self.send(self._server.announcement)
+        elif kind == "reload":
+            task = asyncio.ensure_future(self._reload())
+            self._server.tasks.add(task)
+            task.add_done_callback(self._server.tasks.discard)
+
+    def attach(self, batcher: DynamicBatcher) -> None:
+        """After a reload: this front end's next texts go to the new model's batcher."""
+        self._batcher = batcher
+        self.send(self._server.announcement)
+
+    async def _reload(self) -> None:
+        from gamjeong.server.reload import ReloadInProgressError
+
+        if self._server.reload is None:
+            self.send(("reloaded", False, False, "", "This server cannot reload its model."))
+            return
+        try:
+            outcome = await self._server.reload("admin")
+        except ReloadInProgressError:
+            self.send(("reloaded", False, False, "", "in progress"))
+        except GamjeongError as exc:
+            self.send(("reloaded", False, False, "", str(exc)))
+        else:
+            self.send(("reloaded", True, outcome.changed, outcome.previous_version, ""))
 
     def _submit(
         self, ids: np.ndarray, calls: np.ndarray, lengths: np.ndarray, tokens: np.ndarray, seconds_left: np.ndarray
@@ -163,14 +205,20 @@ class EngineEndpoint(_Framed):
         self._flush_scheduled = False
         if self._done:
             done, self._done = self._done, []
-            self.send(
-                (
-                    "done",
-                    np.fromiter((i for i, _ in done), dtype=np.int64, count=len(done)),
-                    np.stack([o.probabilities for _, o in done]).astype(np.float32, copy=False),
-                    np.array([(o.queue_time_ns, o.inference_time_ns, o.batch_size) for _, o in done], dtype=np.int64),
+            # One frame per model version: two only in the turn of the loop where a reload swapped the model.
+            for version, answered in itertools.groupby(done, key=lambda item: item[1].model_version):
+                group = list(answered)
+                self.send(
+                    (
+                        "done",
+                        np.fromiter((i for i, _ in group), dtype=np.int64, count=len(group)),
+                        np.stack([o.probabilities for _, o in group]).astype(np.float32, copy=False),
+                        np.array(
+                            [(o.queue_time_ns, o.inference_time_ns, o.batch_size) for _, o in group], dtype=np.int64
+                        ),
+                        version,
+                    )
                 )
-            )
         if self._errors:
             errors, self._errors = self._errors, []
             for (kind, message), group in itertools.groupby(sorted(errors, key=lambda e: e[1:]), lambda e: e[1:]):
@@ -186,18 +234,38 @@ class EngineEndpoint(_Framed):
 
 
 class EngineServer:
-    """The engine's listening socket and its front ends' connections."""
+    """The engine's listening socket, its front ends' connections, and what it announces to them."""
 
-    def __init__(self, batcher: DynamicBatcher, model_info: pb.ModelInfo, max_length: int) -> None:
-        self._batcher, self._model_info, self._max_length = batcher, model_info, max_length
+    def __init__(
+        self,
+        attachment: Attachment,
+        model_dir: Path,
+        reload: Callable[[str], Awaitable[ReloadOutcome]] | None = None,
+    ) -> None:
+        self.reload = reload
+        self.tasks: set[asyncio.Future[None]] = set()
         self._server: asyncio.Server | None = None
         self.endpoints: set[EngineEndpoint] = set()
+        self.swap(attachment, model_dir)
+
+    def swap(self, attachment: Attachment, model_dir: Path) -> None:
+        """Serve `attachment` from now on (start-up, and a reload): new texts go to its batcher, and every front end
+        is told the new model (its description, and the directory to take the tokenizer from)."""
+        assert isinstance(attachment.queue, DynamicBatcher)
+        self.batcher = attachment.queue
+        info = attachment.model_info.SerializeToString()
+        self.announcement = ("model", info, attachment.predictor.max_length, str(model_dir))
+        for endpoint in self.endpoints:
+            endpoint.attach(self.batcher)
 
     def _endpoint(self) -> EngineEndpoint:
-        endpoint = EngineEndpoint(self._batcher, self._model_info, self._max_length)
+        endpoint = EngineEndpoint(self)
         endpoint.on_close = self.endpoints.discard
         self.endpoints.add(endpoint)
         return endpoint
+
+    async def listen(self, path: str) -> None:
+        self._server = await asyncio.get_running_loop().create_unix_server(self._endpoint, path)
 
     async def wait_for_front_ends(self, timeout_s: float) -> None:
         """Until every front end has closed its connection (they are draining), at most `timeout_s`."""
@@ -205,22 +273,24 @@ class EngineServer:
         while self.endpoints and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
 
-    async def listen(self, path: str) -> None:
-        self._server = await asyncio.get_running_loop().create_unix_server(self._endpoint, path)
-
     def close(self) -> None:
         """Stop listening and close every front end's connection (their calls in flight fail as UNAVAILABLE)."""
         if self._server is not None:
             self._server.close()
-        for endpoint in self.endpoints:
+        for endpoint in list(self.endpoints):
             if endpoint.transport is not None:
                 endpoint.transport.close()
         self.endpoints.clear()
 
 
-async def serve_engine(path: str, batcher: DynamicBatcher, model_info: pb.ModelInfo, max_length: int) -> EngineServer:
+async def serve_engine(
+    path: str,
+    attachment: Attachment,
+    model_dir: Path,
+    reload: Callable[[str], Awaitable[ReloadOutcome]] | None = None,
+) -> EngineServer:
     """Listen on the Unix socket `path` for front ends."""
-    server = EngineServer(batcher, model_info, max_length)
+    server = EngineServer(attachment, model_dir, reload)
     await server.listen(path)
     return server
 
@@ -246,15 +316,17 @@ class TokenizingPredictor(Predictor):
 class EngineLink(_Framed):
     """A front end's connection to the engine, with the batcher's `submit()`: the servicer uses it unchanged."""
 
-    def __init__(self, on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_lost: Callable[[], None], on_model: Callable[[EngineModel], None]) -> None:
         super().__init__()
         self._on_lost = on_lost
+        self._on_model = on_model  # a reload: the engine serves another model from now on
+        self._reloads: list[asyncio.Future[tuple[Any, ...]]] = []
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future[TextOutcome]] = {}
         self._outgoing: list[tuple[list[int], Sequence[EncodedText], float]] = []
         self._cancelled: list[int] = []
         self._flush_scheduled = False
-        self._welcome: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
+        self._welcome: asyncio.Future[EngineModel] = asyncio.get_running_loop().create_future()
         self.connected = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -262,10 +334,17 @@ class EngineLink(_Framed):
         self.connected = True
         self.send(("hello",))
 
-    async def welcome(self) -> tuple[pb.ModelInfo, int]:
-        """The engine's ModelInfo and max input length, sent once it has accepted this front end."""
-        info, max_length = await self._welcome
-        return pb.ModelInfo.FromString(info), max_length
+    async def welcome(self) -> EngineModel:
+        """The model the engine serves, sent once it has accepted this front end."""
+        return await self._welcome
+
+    async def reload(self) -> tuple[bool, bool, str, str]:
+        """Ask the engine to reload its model: (ok, changed, previous version, message)."""
+        future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        self._reloads.append(future)
+        self.send(("reload",))
+        ok, changed, previous, message = await future
+        return ok, changed, previous, message
 
     def submit(
         self, encoded: Sequence[EncodedText], deadline: float | None = None
@@ -319,13 +398,13 @@ class EngineLink(_Framed):
     def handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "done":
-            _, ids, probabilities, timing = message
+            _, ids, probabilities, timing, version = message
             for text_id, row, (queue_ns, inference_ns, batch_size) in zip(
                 ids.tolist(), probabilities, timing.tolist(), strict=True
             ):
                 future = self._pending.pop(text_id, None)
                 if future is not None and not future.done():
-                    future.set_result(TextOutcome(row, queue_ns, inference_ns, batch_size))
+                    future.set_result(TextOutcome(row, queue_ns, inference_ns, batch_size, version))
         elif kind == "error":
             _, ids, error, name = message
             for text_id in ids.tolist():
@@ -333,8 +412,16 @@ class EngineLink(_Framed):
                 if future is not None and not future.done():
                     exc_type = _ERRORS.get(error)
                     future.set_exception(exc_type() if exc_type else ModelCallError(name))
-        elif kind == "welcome" and not self._welcome.done():
-            self._welcome.set_result((message[1], message[2]))
+        elif kind == "model":
+            model = EngineModel(pb.ModelInfo.FromString(message[1]), message[2], Path(message[3]))
+            if not self._welcome.done():
+                self._welcome.set_result(model)
+            else:
+                self._on_model(model)
+        elif kind == "reloaded" and self._reloads:
+            future = self._reloads.pop(0)
+            if not future.done():
+                future.set_result(message[1:])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connected = False
@@ -344,16 +431,22 @@ class EngineLink(_Framed):
                 future.set_exception(EngineUnavailableError())
         if not self._welcome.done():
             self._welcome.set_exception(EngineUnavailableError())
+        for future in self._reloads:
+            if not future.done():
+                future.set_exception(EngineUnavailableError())
+        self._reloads.clear()
         self._on_lost()
 
 
-async def connect_engine(path: str, on_lost: Callable[[], None], retry_s: float = 0.1) -> EngineLink:
+async def connect_engine(
+    path: str, on_lost: Callable[[], None], on_model: Callable[[EngineModel], None], retry_s: float = 0.1
+) -> EngineLink:
     """Connect to the engine at `path`, waiting for it to listen (it starts listening once its model is warm)."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     while True:
         try:
-            _, link = await loop.create_unix_connection(lambda: EngineLink(on_lost), path)
+            _, link = await loop.create_unix_connection(lambda: EngineLink(on_lost, on_model), path)
             return link
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() - started > 5 and int(time.monotonic() - started) % 30 == 0:

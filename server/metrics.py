@@ -124,10 +124,22 @@ class ServerMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        # Which model answers (a reload changes it): one series at 1, labelled with the served model's version.
+        self.model_info = Gauge(
+            "gamjeong_model_info",
+            "The model serving now (1), by its version (ModelInfo.model_version) and export time.",
+            ["model_version", "exported_at"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         # process_cpu_seconds_total, resident memory, open fds: CPU per request, and idle cores that should be idle,
         # are visible in production (and `gamjeong bench server` reads the CPU time the server used under each load).
         ProcessCollector(registry=self.registry)
         self._http_server = None
+
+    def set_model(self, model_version: str, exported_at: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model_version=model_version, exported_at=exported_at).set(1)
 
     def serve_http(self, host: str, port: int, token: str | None = None) -> int:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the port it listens on (see serve_registry)."""

@@ -87,4 +87,6 @@ def describe_model(model_dir: Path, predictor: Predictor, settings: ServerSettin
             max_message_bytes=settings.max_message_bytes,
         ),
         version=gamjeong_version(),
+        model_version=manifest.version if manifest is not None else "",
+        exported_at=(manifest.created_at or "") if manifest is not None else "",
     )

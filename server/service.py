@@ -82,10 +82,13 @@ def emotion_result(outcome: TextOutcome, encoded: EncodedText, tokenization_ns: 
             num_tokens=len(encoded.input_ids),
             batch_size=outcome.batch_size,
         ),
+        outcome.model_version,
     )
 
 
-def _result(probabilities: np.ndarray, truncated: bool, top_k: int, timing: pb.Timing) -> pb.EmotionResult:
+def _result(
+    probabilities: np.ndarray, truncated: bool, top_k: int, timing: pb.Timing, model_version: str
+) -> pb.EmotionResult:
     ranked = ranked_ids(probabilities)  # the order `gamjeong classify` picks its label by
     if 0 < top_k < NUM_LABELS:
         ranked = ranked[:top_k]
@@ -106,6 +109,7 @@ def _result(probabilities: np.ndarray, truncated: bool, top_k: int, timing: pb.T
         ],
         truncated=truncated,
         timing=timing,
+        model_version=model_version,
     )
 
 
@@ -231,39 +235,39 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
                 "split it or shorten it.",
             )
 
-    async def _encode(self, texts: Sequence[str]) -> tuple[list[EncodedText], int]:
+    async def _encode(self, texts: Sequence[str], predictor: Predictor) -> tuple[list[EncodedText], int]:
         """Tokenise; returns (encoded, ns). A small request is tokenised right here on the event loop: a short text
         takes ~10 µs, far less than the two thread switches of the tokenizer pool. Larger ones go to that pool (the
         fast tokenizer releases the GIL), so a bulk request never holds up the loop."""
-        assert self.predictor is not None
         started = time.perf_counter_ns()
         if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
-            encoded = self.predictor.encode(list(texts))
+            encoded = predictor.encode(list(texts))
         else:
             encoded = await asyncio.get_running_loop().run_in_executor(
-                self._tokenizer_executor, self.predictor.encode, list(texts)
+                self._tokenizer_executor, predictor.encode, list(texts)
             )
         return encoded, time.perf_counter_ns() - started
 
-    def _check_truncation(self, encoded: Sequence[EncodedText], options: RequestOptions, where: Callable[[int], str]):
+    def _check_truncation(
+        self, encoded: Sequence[EncodedText], options: RequestOptions, where: Callable[[int], str], max_length: int
+    ) -> None:
         if not options.refuse_truncation:
             return
-        assert self.predictor is not None
         for i, e in enumerate(encoded):
             if e.truncated:
                 raise RequestError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"{where(i)} is longer than the model's maximum input of {self.predictor.max_length} tokens "
+                    f"{where(i)} is longer than the model's maximum input of {max_length} tokens "
                     "and truncation was refused; shorten it or allow truncation.",
                 )
 
+    @staticmethod
     def _submit(
-        self, encoded: Sequence[EncodedText], context: grpc.aio.ServicerContext
+        encoded: Sequence[EncodedText], context: grpc.aio.ServicerContext, batcher: TextQueue
     ) -> list[Awaitable[TextOutcome]]:
-        assert self.batcher is not None
         remaining = context.time_remaining()
         deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
-        return self.batcher.submit(encoded, deadline)  # QueueFullError, BatcherStoppedError: see server/status.py
+        return batcher.submit(encoded, deadline)  # QueueFullError, BatcherStoppedError: see server/status.py
 
     async def _classify(
         self,
@@ -289,12 +293,12 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
         answers = iter(fresh)
         for key, hit in zip(keys, cached, strict=True):
             if hit is None:
-                result, probabilities = next(answers)
-                cache.put(key, probabilities, result.timing.num_tokens, result.truncated)
+                result, outcome = next(answers)
+                cache.put(key, outcome.probabilities, result.timing.num_tokens, result.truncated, outcome.model_version)
                 results.append(result)
             else:
                 timing = pb.Timing(num_tokens=hit.num_tokens, cache_hit=True)
-                results.append(_result(hit.probabilities, hit.truncated, options.top_k, timing))
+                results.append(_result(hit.probabilities, hit.truncated, options.top_k, timing, hit.model_version))
         return results
 
     async def _classify_on_model(
@@ -303,11 +307,14 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
         options: RequestOptions,
         context: grpc.aio.ServicerContext,
         where: Callable[[int], str],
-    ) -> list[tuple[pb.EmotionResult, np.ndarray]]:
-        """Tokenise, check truncation, queue, await: one (result, probabilities) per text, in order."""
-        encoded, tokenization_ns = await self._encode(texts)
-        self._check_truncation(encoded, options, where)
-        futures = self._submit(encoded, context)
+    ) -> list[tuple[pb.EmotionResult, TextOutcome]]:
+        """Tokenise, check truncation, queue, await: one (result, probabilities) per text, in order. The predictor
+        that tokenises and the queue the ids go to are taken together: a reload may swap both meanwhile."""
+        predictor, batcher = self.predictor, self.batcher
+        assert predictor is not None and batcher is not None
+        encoded, tokenization_ns = await self._encode(texts, predictor)
+        self._check_truncation(encoded, options, where, predictor.max_length)
+        futures = self._submit(encoded, context, batcher)
         try:
             outcomes = await asyncio.gather(*futures)
         except asyncio.CancelledError:
@@ -315,8 +322,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
                 future.cancel()  # type: ignore[attr-defined]
             raise
         return [
-            (emotion_result(o, e, tokenization_ns, options.top_k), o.probabilities)
-            for o, e in zip(outcomes, encoded, strict=True)
+            (emotion_result(o, e, tokenization_ns, options.top_k), o) for o, e in zip(outcomes, encoded, strict=True)
         ]
 
     # --- RPCs ---------------------------------------------------------------------------------------------------

@@ -98,6 +98,11 @@ class ServerSettings(BaseSettings):
     workers: int = Field(
         0, ge=0, le=64, description="Front-end processes sharing the ports and feeding one model process (0: auto)."
     )
+    # A deployment rolls a model by pointing the model path (a symlink) at a new export: polling a stat every few
+    # seconds costs nothing and works on every volume type, where inotify misses symlink swaps in mounted volumes.
+    reload_watch_s: float = Field(
+        2.0, ge=0, description="Seconds between checks of the model path for a new model to reload (0: never)."
+    )
     # One more session with a thread per core, for a batch that would run alone on an idle server: the latency of
     # one multi-thread session at low load, the throughput of single-thread instances under load (server/layout.py).
     solo: bool = Field(True, description="Keep a session with all cores' threads for lone batches on an idle server.")

@@ -124,9 +124,10 @@ def _run_engine(settings: ServerSettings, socket_path: str, parent: int, events:
 
 
 async def _engine_main(settings: ServerSettings, socket_path: str, events: Connection) -> None:
-    from gamjeong.server.engine import InferenceEngine
-    from gamjeong.server.engine_link import serve_engine
+    from gamjeong.server.engine import Attachment, InferenceEngine
+    from gamjeong.server.engine_link import EngineServer, serve_engine
     from gamjeong.server.metrics import ServerMetrics
+    from gamjeong.server.reload import ModelReloader
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -141,14 +142,25 @@ async def _engine_main(settings: ServerSettings, socket_path: str, events: Conne
         return
     attachment = load.result()
     Path(socket_path).unlink(missing_ok=True)  # the socket of an engine process that died
-    server = await serve_engine(socket_path, engine.batcher, attachment.model_info, attachment.predictor.max_length)
+    model_dir = Path(settings.model).expanduser().resolve()
+    server: EngineServer | None = None
+
+    def swapped(new: Attachment, directory: Path) -> None:
+        assert server is not None
+        server.swap(new, directory)  # every front end is told, and follows
+
+    reloader = ModelReloader(settings, engine.metrics, engine, swapped)
+    server = await serve_engine(socket_path, attachment, model_dir, reloader.reload)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload_in_background, "SIGHUP")
+    reloader.start_watching()
     events.send(("ready", ""))
     await stopped
     # Stopped first (the supervisor's order), or together with the front ends (a service manager that signals every
     # process of the group): either way the model serves until the last front end has drained and gone.
     await server.wait_for_front_ends(settings.grace_s + 1.0)
     server.close()
-    await engine.stop()
+    await reloader.stop()
+    await reloader.engine.stop()
     log.info("engine stopped")
 
 
@@ -242,10 +254,17 @@ class Supervisor:
         if self._signals > 1:  # a second signal: the front ends skip what is left of their grace period
             self._terminate(self.front_ends)
 
+    def _on_reload_signal(self, signum: int, frame: Any) -> None:
+        """SIGHUP: the engine reloads the model, and tells every front end."""
+        log.info("signal received", extra={"signal": "SIGHUP"})
+        if self.engine.process is not None and self.engine.process.is_alive():
+            os.kill(self.engine.process.pid, signal.SIGHUP)
+
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit code."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
         self._serve_metrics()
         log.info(
             "listening",

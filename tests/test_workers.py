@@ -109,7 +109,7 @@ async def linked(tiny_int8_dir: Path, tmp_path: Path, front_settings: dict[str, 
     attachment = await engine.load()
     gated.texts_run = 0  # the warm-up and the cost measurement ran the model too
     socket_path = str(tmp_path / "engine.sock")
-    endpoint = await serve_engine(socket_path, engine.batcher, attachment.model_info, attachment.predictor.max_length)
+    endpoint = await serve_engine(socket_path, attachment, tiny_int8_dir)
     front = GamjeongServer(settings.model_copy(update=front_settings), engine_socket=socket_path)
     await front.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{front.port}")
@@ -187,10 +187,7 @@ async def test_a_lost_engine_means_not_serving_and_unavailable_until_it_is_back(
     assert lost.value.code() == grpc.StatusCode.UNAVAILABLE and "model process" in lost.value.details()
     # The engine is back (as the supervisor restarts it): the front end reconnects by itself.
     Path(linked["path"]).unlink(missing_ok=True)
-    attachment = linked["attachment"]
-    linked["endpoint"] = await serve_engine(
-        linked["path"], linked["engine"].batcher, attachment.model_info, attachment.predictor.max_length
-    )
+    linked["endpoint"] = await serve_engine(linked["path"], linked["attachment"], tiny_int8_dir)
     for _ in range(300):
         status = (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status
         if status == health_pb2.HealthCheckResponse.SERVING:

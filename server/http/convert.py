@@ -68,6 +68,7 @@ class ResultJson(BaseModel):
     scores: dict[str, float] = Field(description="Probability per emotion (English name), highest first.")
     truncated: bool
     timing: TimingJson
+    model_version: str = Field(description="Which model answered (GET /v1/info's model_version).")
 
 
 class ClassifyJson(BaseModel):
@@ -105,6 +106,7 @@ def result_json(result: pb.EmotionResult) -> dict[str, Any]:
             "num_tokens": timing.num_tokens,
             "batch_size": timing.batch_size,
         },
+        "model_version": result.model_version,
     }
 
 

@@ -46,7 +46,7 @@ class ServingState:
         draining: Callable[[], bool],
     ) -> None:
         self.settings, self.servicer, self.metrics, self.draining = settings, servicer, metrics, draining
-        self._quality: dict[str, Any] | None = None
+        self._quality: tuple[str, dict[str, Any]] | None = None
 
     def count(self, path: str, code: grpc.StatusCode) -> None:
         """Count a call refused before it reached the servicer (which counts all others itself)."""
@@ -64,10 +64,11 @@ class ServingState:
             return None
         return HttpError(grpc.StatusCode.UNAUTHENTICATED, problem.replace("send metadata", "send the header"))
 
-    def quality(self) -> dict[str, Any]:
-        if self._quality is None:
-            self._quality = model_quality(Path(self.settings.model))
-        return self._quality
+    def quality(self, model_version: str) -> dict[str, Any]:
+        """The served model's own evaluation, read again when a reload has changed the model."""
+        if self._quality is None or self._quality[0] != model_version:
+            self._quality = (model_version, model_quality(Path(self.settings.model)))
+        return self._quality[1]
 
 
 def _timeout_of(request: Request) -> float | None:
@@ -198,7 +199,7 @@ def create_app(state: ServingState) -> FastAPI:
     @app.get("/v1/info", dependencies=[Depends(require_token)], summary="What is served (gRPC: GetModelInfo)")
     async def info(request: Request) -> JSONResponse:
         answer = await call_unary(servicer.GetModelInfo, pb.GetModelInfoRequest(), _timeout_of(request))
-        return JSONResponse(info_json(answer, state.quality()))
+        return JSONResponse(info_json(answer, state.quality(answer.model_version)))
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -24,43 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gamjeong/v1/emotion.proto\x12\x0bgamjeong.v1\"\\\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12+\n\ntruncation\x18\x03 \x01(\x0e\x32\x17.gamjeong.v1.Truncation\"?\n\x10\x43lassifyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.gamjeong.v1.EmotionResult\"b\n\x15\x43lassifyStreamRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12+\n\ntruncation\x18\x03 \x01(\x0e\x32\x17.gamjeong.v1.Truncation\"U\n\x16\x43lassifyStreamResponse\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12+\n\x07results\x18\x02 \x03(\x0b\x32\x1a.gamjeong.v1.EmotionResult\"|\n\x0b\x43hatMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\r\x12+\n\ntruncation\x18\x05 \x01(\x0e\x32\x17.gamjeong.v1.Truncation\"\x8f\x01\n\nChatResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12,\n\x06result\x18\x03 \x01(\x0b\x32\x1a.gamjeong.v1.EmotionResultH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.gamjeong.v1.ErrorH\x00\x42\t\n\x07outcome\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb2\x01\n\rEmotionResult\x12\x10\n\x08label_id\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x10\n\x08label_ko\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\'\n\x06scores\x18\x05 \x03(\x0b\x32\x17.gamjeong.v1.LabelScore\x12\x11\n\ttruncated\x18\x06 \x01(\x08\x12#\n\x06timing\x18\x07 \x01(\x0b\x32\x13.gamjeong.v1.Timing\"N\n\nLabelScore\x12\x10\n\x08label_id\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x10\n\x08label_ko\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\"\x93\x01\n\x06Timing\x12\x1c\n\x14tokenization_time_ns\x18\x01 \x01(\x04\x12\x15\n\rqueue_time_ns\x18\x02 \x01(\x04\x12\x19\n\x11inference_time_ns\x18\x03 \x01(\x04\x12\x12\n\nnum_tokens\x18\x04 \x01(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xea\x01\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\"\n\x06labels\x18\x03 \x03(\x0b\x32\x12.gamjeong.v1.Label\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x18\n\x10max_input_length\x18\x07 \x01(\r\x12#\n\x06limits\x18\x08 \x01(\x0b\x32\x13.gamjeong.v1.Limits\x12\x0f\n\x07version\x18\t \x01(\t\"2\n\x05Label\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07name_ko\x18\x03 \x01(\t\"\x88\x02\n\x06Limits\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x03 \x01(\x01\x12\x1d\n\x15max_texts_per_request\x18\x04 \x01(\r\x12\x18\n\x10max_stream_texts\x18\x05 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x06 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x07 \x01(\r\x12\x33\n\x12\x64\x65\x66\x61ult_truncation\x18\x08 \x01(\x0e\x32\x17.gamjeong.v1.Truncation\x12\x19\n\x11max_message_bytes\x18\t \x01(\r*X\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x17\n\x13TRUNCATION_TRUNCATE\x10\x01\x12\x15\n\x11TRUNCATION_REFUSE\x10\x02\x32\xca\x02\n\x11\x45motionClassifier\x12G\n\x08\x43lassify\x12\x1c.gamjeong.v1.ClassifyRequest\x1a\x1d.gamjeong.v1.ClassifyResponse\x12[\n\x0e\x43lassifyStream\x12\".gamjeong.v1.ClassifyStreamRequest\x1a#.gamjeong.v1.ClassifyStreamResponse0\x01\x12\x45\n\x0c\x43lassifyChat\x12\x18.gamjeong.v1.ChatMessage\x1a\x17.gamjeong.v1.ChatResult(\x01\x30\x01\x12H\n\x0cGetModelInfo\x12 .gamjeong.v1.GetModelInfoRequest\x1a\x16.gamjeong.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gamjeong/v1/emotion.proto\x12\x0bgamjeong.v1\"\x14\n\x12ReloadModelRequest\"m\n\x13ReloadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.gamjeong.v1.ModelInfo\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x12\x1e\n\x16previous_model_version\x18\x03 \x01(\t\"\\\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12+\n\ntruncation\x18\x03 \x01(\x0e\x32\x17.gamjeong.v1.Truncation\"?\n\x10\x43lassifyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.gamjeong.v1.EmotionResult\"b\n\x15\x43lassifyStreamRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12+\n\ntruncation\x18\x03 \x01(\x0e\x32\x17.gamjeong.v1.Truncation\"U\n\x16\x43lassifyStreamResponse\x12\x0e\n\x06offset\x18\x01 \x01(\r\x12+\n\x07results\x18\x02 \x03(\x0b\x32\x1a.gamjeong.v1.EmotionResult\"|\n\x0b\x43hatMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\r\x12+\n\ntruncation\x18\x05 \x01(\x0e\x32\x17.gamjeong.v1.Truncation\"\x8f\x01\n\nChatResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12,\n\x06result\x18\x03 \x01(\x0b\x32\x1a.gamjeong.v1.EmotionResultH\x00\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.gamjeong.v1.ErrorH\x00\x42\t\n\x07outcome\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc9\x01\n\rEmotionResult\x12\x10\n\x08label_id\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x10\n\x08label_ko\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\'\n\x06scores\x18\x05 \x03(\x0b\x32\x17.gamjeong.v1.LabelScore\x12\x11\n\ttruncated\x18\x06 \x01(\x08\x12#\n\x06timing\x18\x07 \x01(\x0b\x32\x13.gamjeong.v1.Timing\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"N\n\nLabelScore\x12\x10\n\x08label_id\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x10\n\x08label_ko\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\"\x93\x01\n\x06Timing\x12\x1c\n\x14tokenization_time_ns\x18\x01 \x01(\x04\x12\x15\n\rqueue_time_ns\x18\x02 \x01(\x04\x12\x19\n\x11inference_time_ns\x18\x03 \x01(\x04\x12\x12\n\nnum_tokens\x18\x04 \x01(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\x96\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\"\n\x06labels\x18\x03 \x03(\x0b\x32\x12.gamjeong.v1.Label\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x18\n\x10max_input_length\x18\x07 \x01(\r\x12#\n\x06limits\x18\x08 \x01(\x0b\x32\x13.gamjeong.v1.Limits\x12\x0f\n\x07version\x18\t \x01(\t\x12\x15\n\rmodel_version\x18\n \x01(\t\x12\x13\n\x0b\x65xported_at\x18\x0b \x01(\t\"2\n\x05Label\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07name_ko\x18\x03 \x01(\t\"\x88\x02\n\x06Limits\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x03 \x01(\x01\x12\x1d\n\x15max_texts_per_request\x18\x04 \x01(\r\x12\x18\n\x10max_stream_texts\x18\x05 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x06 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x07 \x01(\r\x12\x33\n\x12\x64\x65\x66\x61ult_truncation\x18\x08 \x01(\x0e\x32\x17.gamjeong.v1.Truncation\x12\x19\n\x11max_message_bytes\x18\t \x01(\r*X\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x17\n\x13TRUNCATION_TRUNCATE\x10\x01\x12\x15\n\x11TRUNCATION_REFUSE\x10\x02\x32\xca\x02\n\x11\x45motionClassifier\x12G\n\x08\x43lassify\x12\x1c.gamjeong.v1.ClassifyRequest\x1a\x1d.gamjeong.v1.ClassifyResponse\x12[\n\x0e\x43lassifyStream\x12\".gamjeong.v1.ClassifyStreamRequest\x1a#.gamjeong.v1.ClassifyStreamResponse0\x01\x12\x45\n\x0c\x43lassifyChat\x12\x18.gamjeong.v1.ChatMessage\x1a\x17.gamjeong.v1.ChatResult(\x01\x30\x01\x12H\n\x0cGetModelInfo\x12 .gamjeong.v1.GetModelInfoRequest\x1a\x16.gamjeong.v1.ModelInfo2^\n\nModelAdmin\x12P\n\x0bReloadModel\x12\x1f.gamjeong.v1.ReloadModelRequest\x1a .gamjeong.v1.ReloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gamjeong.v1.emotion_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRUNCATION']._serialized_start=1690
-  _globals['_TRUNCATION']._serialized_end=1778
-  _globals['_CLASSIFYREQUEST']._serialized_start=42
-  _globals['_CLASSIFYREQUEST']._serialized_end=134
-  _globals['_CLASSIFYRESPONSE']._serialized_start=136
-  _globals['_CLASSIFYRESPONSE']._serialized_end=199
-  _globals['_CLASSIFYSTREAMREQUEST']._serialized_start=201
-  _globals['_CLASSIFYSTREAMREQUEST']._serialized_end=299
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=301
-  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=386
-  _globals['_CHATMESSAGE']._serialized_start=388
-  _globals['_CHATMESSAGE']._serialized_end=512
-  _globals['_CHATRESULT']._serialized_start=515
-  _globals['_CHATRESULT']._serialized_end=658
-  _globals['_ERROR']._serialized_start=660
-  _globals['_ERROR']._serialized_end=698
-  _globals['_EMOTIONRESULT']._serialized_start=701
-  _globals['_EMOTIONRESULT']._serialized_end=879
-  _globals['_LABELSCORE']._serialized_start=881
-  _globals['_LABELSCORE']._serialized_end=959
-  _globals['_TIMING']._serialized_start=962
-  _globals['_TIMING']._serialized_end=1109
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1111
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1132
-  _globals['_MODELINFO']._serialized_start=1135
-  _globals['_MODELINFO']._serialized_end=1369
-  _globals['_LABEL']._serialized_start=1371
-  _globals['_LABEL']._serialized_end=1421
-  _globals['_LIMITS']._serialized_start=1424
-  _globals['_LIMITS']._serialized_end=1688
-  _globals['_EMOTIONCLASSIFIER']._serialized_start=1781
-  _globals['_EMOTIONCLASSIFIER']._serialized_end=2111
+  _globals['_TRUNCATION']._serialized_start=1890
+  _globals['_TRUNCATION']._serialized_end=1978
+  _globals['_RELOADMODELREQUEST']._serialized_start=42
+  _globals['_RELOADMODELREQUEST']._serialized_end=62
+  _globals['_RELOADMODELRESPONSE']._serialized_start=64
+  _globals['_RELOADMODELRESPONSE']._serialized_end=173
+  _globals['_CLASSIFYREQUEST']._serialized_start=175
+  _globals['_CLASSIFYREQUEST']._serialized_end=267
+  _globals['_CLASSIFYRESPONSE']._serialized_start=269
+  _globals['_CLASSIFYRESPONSE']._serialized_end=332
+  _globals['_CLASSIFYSTREAMREQUEST']._serialized_start=334
+  _globals['_CLASSIFYSTREAMREQUEST']._serialized_end=432
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_start=434
+  _globals['_CLASSIFYSTREAMRESPONSE']._serialized_end=519
+  _globals['_CHATMESSAGE']._serialized_start=521
+  _globals['_CHATMESSAGE']._serialized_end=645
+  _globals['_CHATRESULT']._serialized_start=648
+  _globals['_CHATRESULT']._serialized_end=791
+  _globals['_ERROR']._serialized_start=793
+  _globals['_ERROR']._serialized_end=831
+  _globals['_EMOTIONRESULT']._serialized_start=834
+  _globals['_EMOTIONRESULT']._serialized_end=1035
+  _globals['_LABELSCORE']._serialized_start=1037
+  _globals['_LABELSCORE']._serialized_end=1115
+  _globals['_TIMING']._serialized_start=1118
+  _globals['_TIMING']._serialized_end=1265
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1267
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1288
+  _globals['_MODELINFO']._serialized_start=1291
+  _globals['_MODELINFO']._serialized_end=1569
+  _globals['_LABEL']._serialized_start=1571
+  _globals['_LABEL']._serialized_end=1621
+  _globals['_LIMITS']._serialized_start=1624
+  _globals['_LIMITS']._serialized_end=1888
+  _globals['_EMOTIONCLASSIFIER']._serialized_start=1981
+  _globals['_EMOTIONCLASSIFIER']._serialized_end=2311
+  _globals['_MODELADMIN']._serialized_start=2313
+  _globals['_MODELADMIN']._serialized_end=2407
 # @@protoc_insertion_point(module_scope)

@@ -16,6 +16,20 @@ TRUNCATION_UNSPECIFIED: Truncation
 TRUNCATION_TRUNCATE: Truncation
 TRUNCATION_REFUSE: Truncation
 
+class ReloadModelRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadModelResponse(_message.Message):
+    __slots__ = ("model", "changed", "previous_model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    changed: bool
+    previous_model_version: str
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., changed: _Optional[bool] = ..., previous_model_version: _Optional[str] = ...) -> None: ...
+
 class ClassifyRequest(_message.Message):
     __slots__ = ("texts", "top_k", "truncation")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
@@ -85,7 +99,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class EmotionResult(_message.Message):
-    __slots__ = ("label_id", "label", "label_ko", "score", "scores", "truncated", "timing")
+    __slots__ = ("label_id", "label", "label_ko", "score", "scores", "truncated", "timing", "model_version")
     LABEL_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     LABEL_KO_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +107,7 @@ class EmotionResult(_message.Message):
     SCORES_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     label_id: int
     label: str
     label_ko: str
@@ -100,7 +115,8 @@ class EmotionResult(_message.Message):
     scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
     truncated: bool
     timing: Timing
-    def __init__(self, label_id: _Optional[int] = ..., label: _Optional[str] = ..., label_ko: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., truncated: _Optional[bool] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, label_id: _Optional[int] = ..., label: _Optional[str] = ..., label_ko: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., truncated: _Optional[bool] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label_id", "label", "label_ko", "score")
@@ -135,7 +151,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "base_model", "labels", "quantization", "backend", "execution_provider", "max_input_length", "limits", "version")
+    __slots__ = ("model_name", "base_model", "labels", "quantization", "backend", "execution_provider", "max_input_length", "limits", "version", "model_version", "exported_at")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +161,8 @@ class ModelInfo(_message.Message):
     MAX_INPUT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_AT_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     base_model: str
     labels: _containers.RepeatedCompositeFieldContainer[Label]
@@ -154,7 +172,9 @@ class ModelInfo(_message.Message):
     max_input_length: int
     limits: Limits
     version: str
-    def __init__(self, model_name: _Optional[str] = ..., base_model: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., quantization: _Optional[str] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., max_input_length: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
+    model_version: str
+    exported_at: str
+    def __init__(self, model_name: _Optional[str] = ..., base_model: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., quantization: _Optional[str] = ..., backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., max_input_length: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., version: _Optional[str] = ..., model_version: _Optional[str] = ..., exported_at: _Optional[str] = ...) -> None: ...
 
 class Label(_message.Message):
     __slots__ = ("id", "name", "name_ko")

@@ -242,3 +242,83 @@ class EmotionClassifier:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ModelAdminStub:
+    """Operating the server: a new model without downtime. Under the server's bearer token when it has one.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadModel = channel.unary_unary(
+                '/gamjeong.v1.ModelAdmin/ReloadModel',
+                request_serializer=gamjeong_dot_v1_dot_emotion__pb2.ReloadModelRequest.SerializeToString,
+                response_deserializer=gamjeong_dot_v1_dot_emotion__pb2.ReloadModelResponse.FromString,
+                _registered_method=True)
+
+
+class ModelAdminServicer:
+    """Operating the server: a new model without downtime. Under the server's bearer token when it has one.
+    """
+
+    def ReloadModel(self, request, context):
+        """Load the model directory the server was started with again (a directory or a symlink to one, which a deployment
+        points at a new export): the new one is verified (manifest, sha256), loaded and warmed up beside the serving one,
+        then new batches go to it, batches already running finish on the old one, and the old one is released. Health
+        stays SERVING throughout. A directory that fails to verify or load changes nothing: FAILED_PRECONDITION with the
+        reason, and the old model keeps serving. ABORTED while another reload is under way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ModelAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=gamjeong_dot_v1_dot_emotion__pb2.ReloadModelRequest.FromString,
+                    response_serializer=gamjeong_dot_v1_dot_emotion__pb2.ReloadModelResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'gamjeong.v1.ModelAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('gamjeong.v1.ModelAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ModelAdmin:
+    """Operating the server: a new model without downtime. Under the server's bearer token when it has one.
+    """
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gamjeong.v1.ModelAdmin/ReloadModel',
+            gamjeong_dot_v1_dot_emotion__pb2.ReloadModelRequest.SerializeToString,
+            gamjeong_dot_v1_dot_emotion__pb2.ReloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
