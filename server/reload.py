@@ -158,10 +158,10 @@ class ModelReloader:
     def start_watching(self) -> None:
         """Poll the model path every --reload-watch-s and reload when it leads somewhere new (0: never)."""
         if self.settings.reload_watch_s > 0 and self._watcher is None:
-            self._watcher = asyncio.ensure_future(self._watch(self.settings.reload_watch_s))
+            seen = path_signature(self.settings.model)  # now: what was just loaded
+            self._watcher = asyncio.ensure_future(self._watch(self.settings.reload_watch_s, seen))
 
-    async def _watch(self, every_s: float) -> None:
-        seen = path_signature(self.settings.model)
+    async def _watch(self, every_s: float, seen: tuple[str, int, int] | None) -> None:
         while True:
             await asyncio.sleep(every_s)
             now = path_signature(self.settings.model)
