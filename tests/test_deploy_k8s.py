@@ -124,7 +124,8 @@ def test_pods_run_as_the_images_non_root_user_on_a_read_only_root(rendered) -> N
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    # /tmp is the one writable mount; a model volume (overlays/model-volume) is mounted read-only
+    assert {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")} == {"/tmp"}
 
 
 def test_services_pdb_and_hpa_point_at_the_pods(rendered) -> None:
