@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -100,7 +99,7 @@ class EmotionResult(_message.Message):
     scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
     truncated: bool
     timing: Timing
-    def __init__(self, label_id: _Optional[int] = ..., label: _Optional[str] = ..., label_ko: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., truncated: _Optional[bool] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    def __init__(self, label_id: _Optional[int] = ..., label: _Optional[str] = ..., label_ko: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., truncated: bool = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label_id", "label", "label_ko", "score")
@@ -128,7 +127,7 @@ class Timing(_message.Message):
     num_tokens: int
     batch_size: int
     cache_hit: bool
-    def __init__(self, tokenization_time_ns: _Optional[int] = ..., queue_time_ns: _Optional[int] = ..., inference_time_ns: _Optional[int] = ..., num_tokens: _Optional[int] = ..., batch_size: _Optional[int] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    def __init__(self, tokenization_time_ns: _Optional[int] = ..., queue_time_ns: _Optional[int] = ..., inference_time_ns: _Optional[int] = ..., num_tokens: _Optional[int] = ..., batch_size: _Optional[int] = ..., cache_hit: bool = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
