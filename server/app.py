@@ -109,7 +109,7 @@ class GamjeongServer:
             ],
         )
         add_to_server(self.servicer, server)  # its deserializers turn malformed bytes into INVALID_ARGUMENT
-        add_oip_to_server(self.servicer, server)  # the Open Inference Protocol (KServe v2) on the same port
+        add_oip_to_server(self.servicer, server, draining=lambda: self._stopping)  # KServe v2, the same port
         # The health servicer starts with "" SERVING; nothing is served before the model is warm.
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

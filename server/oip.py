@@ -262,20 +262,21 @@ def call_from_grpc(request: oip.ModelInferRequest) -> InferCall:
 class InferenceServicer:
     """inference.GRPCInferenceService over an EmotionClassifierServicer."""
 
-    def __init__(self, classifier: EmotionClassifierServicer) -> None:
-        self.classifier = classifier
+    def __init__(self, classifier: EmotionClassifierServicer, draining: Callable[[], bool] = lambda: False) -> None:
+        self.classifier, self.draining = classifier, draining
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> oip.ServerLiveResponse:
         return oip.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> oip.ServerReadyResponse:
-        return oip.ServerReadyResponse(ready=self.classifier.batcher is not None)
+        return oip.ServerReadyResponse(ready=self.classifier.batcher is not None and not self.draining())
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> oip.ModelReadyResponse:
         if isinstance(request, UndecodableRequest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "The request is not a valid ModelReadyRequest.")
         try:
-            return oip.ModelReadyResponse(ready=is_model_ready(self.classifier, request.name, request.version))
+            ready = is_model_ready(self.classifier, request.name, request.version) and not self.draining()
+            return oip.ModelReadyResponse(ready=ready)
         except RequestError as exc:
             await context.abort(exc.code, exc.message)
             raise  # not reached: abort raises
@@ -307,9 +308,12 @@ class InferenceServicer:
         return response
 
 
-def add_oip_to_server(classifier: EmotionClassifierServicer, server: grpc.aio.Server) -> InferenceServicer:
-    """Serve inference.GRPCInferenceService on `server`, with deserializers that never raise (as add_to_server)."""
-    servicer = InferenceServicer(classifier)
+def add_oip_to_server(
+    classifier: EmotionClassifierServicer, server: grpc.aio.Server, draining: Callable[[], bool] = lambda: False
+) -> InferenceServicer:
+    """Serve inference.GRPCInferenceService on `server`, with deserializers that never raise (as add_to_server).
+    `draining` tells readiness that the server is shutting down (as health's NOT_SERVING does)."""
+    servicer = InferenceServicer(classifier, draining)
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),

@@ -5,17 +5,20 @@ against a server started in-process: metadata, readiness, answers equal to Class
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import KOREAN_SENTENCES, as_vector
+from test_server import until
 
 from gamjeong.clients import AsyncEmotionClient
 from gamjeong.labels import LABEL_NAMES, NUM_LABELS
 from gamjeong.predictor import Predictor, load_predictor
 from gamjeong.server.app import GamjeongServer
+from gamjeong.server.settings import load_settings
 
 grpcclient = pytest.importorskip("tritonclient.grpc.aio")
 httpclient = pytest.importorskip("tritonclient.http.aio")
@@ -135,6 +138,42 @@ async def test_grpc_model_metadata_carries_the_labels_and_reflection_describes_t
         )
     assert {"inference.GRPCInferenceService", "gamjeong.v1.EmotionClassifier"} <= set(services)
     assert "ModelInfer" in described.methods_by_name
+
+
+async def test_readiness_follows_loading_and_draining_and_calls_wait_for_the_model(tiny_int8_dir, predictor) -> None:
+    loaded = threading.Event()
+
+    def slow_load() -> Predictor:
+        assert loaded.wait(30)
+        return predictor
+
+    settings = load_settings(model=tiny_int8_dir, host="127.0.0.1", port=0, metrics_port=-1, http_port=0, drain_s=1.0)
+    server = GamjeongServer(settings, predictor_factory=slow_load)
+    await server.listen()
+    loading = asyncio.ensure_future(server.load_model())
+    grpc_client, http_client = clients(server)
+    try:
+        for client in (grpc_client, http_client):
+            assert await client.is_server_live() and not await client.is_server_ready()
+            assert not await client.is_model_ready(MODEL)
+        with pytest.raises(InferenceServerException) as caught:
+            await grpc_client.infer(MODEL, [text_input(["안녕"])])
+        assert caught.value.status() == "StatusCode.UNAVAILABLE" and "loading" in caught.value.message()
+        loaded.set()
+        await loading
+        assert await grpc_client.is_server_ready() and await http_client.is_model_ready(MODEL)
+        stopping = asyncio.ensure_future(server.stop())
+        await until(lambda: server._stopping, "shutdown to begin")
+        for client, module in ((grpc_client, grpcclient), (http_client, httpclient)):
+            assert not await client.is_server_ready() and not await client.is_model_ready(MODEL)
+            result = await client.infer(MODEL, [text_input(["아직 받아요"], module)])  # the drain still answers
+            assert result.as_numpy("probabilities").shape == (1, NUM_LABELS)
+        await stopping
+    finally:
+        loaded.set()
+        await grpc_client.close()
+        await http_client.close()
+        await server.stop(0)
 
 
 # --- inference: the same answers as Classify --------------------------------------------------------------------
