@@ -19,8 +19,8 @@ import pytest
 
 from gamjeong.api import codegen
 
-# The newest onnx that accepts protobuf 5 (1.21 and later need protobuf >= 6.31): what pip picks for a service that
-# pins protobuf 5, since gamjeong's own requirement is onnx>=1.16.
+# An onnx that accepts protobuf 5 (1.20.1 asks protobuf >= 4.25.1; 1.23.2 asks >= 6.31.1): what pip picks for a
+# service that pins protobuf 5 is one of these, since gamjeong's own requirement is onnx>=1.16.
 ONNX_FOR_PROTOBUF_5 = "1.20.1"
 
 _CHILD = r"""
