@@ -50,9 +50,12 @@ test: setup node-deps
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-# Regenerate the gRPC stubs in gamjeong/api/v1 from protos/ (a test fails when they are stale).
+# Regenerate the gRPC stubs in gamjeong/api from protos/ (a test fails when they are stale), with the pinned grpcio-tools
+# installed aside in build/ (its protobuf 5 gencode is the floor in pyproject.toml; gamjeong/api/codegen.py says why).
+PROTOC_TOOLS = $(shell $(PY) -c "from gamjeong.api.codegen import PINNED_TOOLS; print(PINNED_TOOLS)")
 protos: setup
-	$(PY) -m gamjeong.api.codegen
+	$(PY) -m pip install -q --no-deps --target build/grpcio-tools-$(PROTOC_TOOLS) grpcio-tools==$(PROTOC_TOOLS)
+	PYTHONPATH=build/grpcio-tools-$(PROTOC_TOOLS) $(PY) -m gamjeong.api.codegen
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -29,6 +29,8 @@ from gamjeong.server.cache import ResultCache
 from gamjeong.server.engine import Attachment, InferenceEngine, default_predictor_factory
 from gamjeong.server.engine_link import EngineLink, EngineModel, TokenizingPredictor, connect_engine
 from gamjeong.server.metrics import ServerMetrics
+from gamjeong.server.oip import SERVICE_NAME as OIP_SERVICE_NAME
+from gamjeong.server.oip import add_oip_to_server, reflection_pool
 from gamjeong.server.reload import ModelReloader, ReloadFailedError, ReloadInProgressError, ReloadOutcome
 from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server
 from gamjeong.server.settings import ServerSettings
@@ -116,21 +118,16 @@ class GamjeongServer:
         )
         add_to_server(self.servicer, server)  # its deserializers turn malformed bytes into INVALID_ARGUMENT
         pb_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(self.reload_model, self.metrics), server)
+        add_oip_to_server(self.servicer, server, draining=lambda: self._stopping)  # KServe v2, the same port
         # The health servicer starts with "" SERVING; nothing is served before the model is warm (a front end of
         # --workers reaches the engine before it listens: it is SERVING from its first connection on).
         if self.servicer.batcher is None:
             for service in ("", SERVICE_NAME):
                 await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                ADMIN_SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        names = (SERVICE_NAME, ADMIN_SERVICE_NAME, OIP_SERVICE_NAME, health_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server, pool=reflection_pool(names))
         address = f"{settings.host}:{settings.port}"
         try:
             if settings.tls_enabled:

@@ -13,8 +13,13 @@ import grpc
 
 from gamjeong.server.metrics import ServerMetrics
 
-# Health probes (load balancers, Kubernetes) carry no credentials; they learn nothing but SERVING/NOT_SERVING.
-UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+# Health probes (load balancers, Kubernetes) carry no credentials; they learn nothing but SERVING/NOT_SERVING. The Open
+# Inference Protocol's server liveness and readiness are the same probes in that protocol (server/oip.py).
+UNAUTHENTICATED_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 
 
 def bearer_problem(values: Sequence[str | bytes], token: str) -> str | None:

@@ -47,7 +47,7 @@ EXCEPTION_STATUS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
     UndecodableRequestError: (
         grpc.StatusCode.INVALID_ARGUMENT,
         "The request is not a valid {message_type} message (malformed bytes or a string that is not UTF-8); "
-        "send it with a protobuf library built from emotion.proto.",
+        "send it with a protobuf library built from the service's .proto (protos/ in gamjeong's source).",
     ),
     QueueFullError: (
         grpc.StatusCode.RESOURCE_EXHAUSTED,

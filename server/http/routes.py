@@ -23,6 +23,7 @@ from gamjeong.server.auth import bearer_problem
 from gamjeong.server.http.context import HttpError, call_unary
 from gamjeong.server.http.convert import TRUNCATION, ClassifyBody, ClassifyJson, ErrorJson, info_json, model_quality
 from gamjeong.server.http.convert import result_json as to_json
+from gamjeong.server.http.oip import oip_router
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.service import EmotionClassifierServicer
 from gamjeong.server.settings import ServerSettings
@@ -218,6 +219,8 @@ def create_app(state: ServingState) -> FastAPI:
         from gamjeong.server.http.websocket import serve_chat
 
         await serve_chat(websocket, state)
+
+    app.include_router(oip_router(state))  # the Open Inference Protocol (KServe v2) under /v2
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

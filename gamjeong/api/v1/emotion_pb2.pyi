@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -28,7 +27,7 @@ class ReloadModelResponse(_message.Message):
     model: ModelInfo
     changed: bool
     previous_model_version: str
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., changed: _Optional[bool] = ..., previous_model_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., changed: bool = ..., previous_model_version: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("texts", "top_k", "truncation")
@@ -116,7 +115,7 @@ class EmotionResult(_message.Message):
     truncated: bool
     timing: Timing
     model_version: str
-    def __init__(self, label_id: _Optional[int] = ..., label: _Optional[str] = ..., label_ko: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., truncated: _Optional[bool] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, label_id: _Optional[int] = ..., label: _Optional[str] = ..., label_ko: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., truncated: bool = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label_id", "label", "label_ko", "score")
@@ -144,7 +143,7 @@ class Timing(_message.Message):
     num_tokens: int
     batch_size: int
     cache_hit: bool
-    def __init__(self, tokenization_time_ns: _Optional[int] = ..., queue_time_ns: _Optional[int] = ..., inference_time_ns: _Optional[int] = ..., num_tokens: _Optional[int] = ..., batch_size: _Optional[int] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    def __init__(self, tokenization_time_ns: _Optional[int] = ..., queue_time_ns: _Optional[int] = ..., inference_time_ns: _Optional[int] = ..., num_tokens: _Optional[int] = ..., batch_size: _Optional[int] = ..., cache_hit: bool = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

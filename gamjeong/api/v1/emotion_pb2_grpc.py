@@ -5,7 +5,7 @@ import warnings
 
 from gamjeong.api.v1 import emotion_pb2 as gamjeong_dot_v1_dot_emotion__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.66.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in gamjeong/v1/emotion_pb2_grpc.py depends on'
+        + f' but the generated code in gamjeong/v1/emotion_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class EmotionClassifierStub:
+class EmotionClassifierStub(object):
     """Classifies Korean text into one of seven emotions.
     """
 
@@ -57,7 +57,7 @@ class EmotionClassifierStub:
                 _registered_method=True)
 
 
-class EmotionClassifierServicer:
+class EmotionClassifierServicer(object):
     """Classifies Korean text into one of seven emotions.
     """
 
@@ -131,7 +131,7 @@ def add_EmotionClassifierServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class EmotionClassifier:
+class EmotionClassifier(object):
     """Classifies Korean text into one of seven emotions.
     """
 
@@ -244,7 +244,7 @@ class EmotionClassifier:
             _registered_method=True)
 
 
-class ModelAdminStub:
+class ModelAdminStub(object):
     """Operating the server: a new model without downtime. Under the server's bearer token when it has one.
     """
 
@@ -261,7 +261,7 @@ class ModelAdminStub:
                 _registered_method=True)
 
 
-class ModelAdminServicer:
+class ModelAdminServicer(object):
     """Operating the server: a new model without downtime. Under the server's bearer token when it has one.
     """
 
@@ -292,7 +292,7 @@ def add_ModelAdminServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ModelAdmin:
+class ModelAdmin(object):
     """Operating the server: a new model without downtime. Under the server's bearer token when it has one.
     """
 
