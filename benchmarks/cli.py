@@ -159,6 +159,16 @@ def server_command(
         None, "--intra-op-spinning/--no-intra-op-spinning", help="Spinning of the started server's intra-op threads."
     ),
     quick: bool = typer.Option(False, help="Concurrencies 1 and 4, one second each."),
+    client_processes: int = typer.Option(
+        1, min=1, help="Processes the load generator's clients are spread over (1: all in this process)."
+    ),
+    channels: int = typer.Option(1, min=1, help="gRPC channels (connections) per client process."),
+    server_workers: int | None = typer.Option(
+        None, min=1, help="--workers of the started server (passed only when given); with --echo, echo processes."
+    ),
+    echo: bool = typer.Option(
+        False, help="Drive a server that runs no model (benchmarks/echo_server.py): the load generator alone."
+    ),
 ) -> None:
     """The gRPC server end to end (unary, server streaming, chat) against the raw predictor on the same texts."""
     from pydantic import ValidationError
@@ -188,6 +198,10 @@ def server_command(
             grouping=grouping,
             intra_op_spinning=intra_op_spinning,
             quick=quick,
+            client_processes=client_processes,
+            channels=channels,
+            server_workers=server_workers,
+            echo=echo,
             **{key: value for key, value in given.items() if value is not None},
         )
     except ValidationError as exc:
