@@ -217,10 +217,10 @@ def gpu_command(
     output: Path = typer.Option(Path("bench-results/gpu"), help="Folder for the (at most 8) result files."),
     concurrencies: str | None = typer.Option(None, help="Comma-separated client counts [default: 1,16,64,256]."),
     duration: float | None = typer.Option(None, min=0.1, help="Timed seconds per server mode and concurrency [4]."),
-    client_processes: int | None = typer.Option(None, min=1, help="Load generator processes [default: cores / 4]."),
+    client_processes: int | None = typer.Option(None, min=1, help="Load generator processes [default: cores / 2]."),
     channels: int = typer.Option(2, min=1, help="gRPC channels per client process."),
     server_workers: int | None = typer.Option(None, min=1, help="--workers of the server (passed only when given)."),
-    echo_processes: int | None = typer.Option(None, min=1, help="Echo server processes [default: cores / 4]."),
+    echo_processes: int | None = typer.Option(None, min=1, help="Echo server processes [default: cores / 2]."),
     max_batch_size: int | None = typer.Option(None, min=1, help="--max-batch-size of the server."),
     data: Path | None = typer.Option(
         None, help="Labelled data file whose texts are used (default: GoEmotions-Korean)."

@@ -70,10 +70,10 @@ class GpuCheckConfig(BaseModel):
     output: Path = Path("bench-results/gpu")
     concurrencies: list[int] = Field(default_factory=lambda: [1, 16, 64, 256])
     duration_s: float = Field(4.0, gt=0, description="Timed seconds per server mode and concurrency.")
-    client_processes: int | None = Field(None, ge=1, description="Load generator processes [default: cores / 4].")
+    client_processes: int | None = Field(None, ge=1, description="Load generator processes [default: cores / 2].")
     channels: int = Field(2, ge=1, description="gRPC channels per client process.")
     server_workers: int | None = Field(None, ge=1, description="--workers of the server (passed only when given).")
-    echo_processes: int | None = Field(None, ge=1, description="Echo server processes [default: cores / 4].")
+    echo_processes: int | None = Field(None, ge=1, description="Echo server processes [default: cores / 2].")
     max_batch_size: int | None = Field(None, ge=1, description="--max-batch-size of the server.")
     data: Path | None = None
 
@@ -92,7 +92,9 @@ def cpu_settings(config: GpuCheckConfig) -> GpuCheckConfig:
 
 
 def _default_processes() -> int:
-    return max(1, (os.cpu_count() or 1) // 4)
+    """Half the cores: one client process makes about 2,100-2,900 unary calls/s when it is busy (0.34-0.48 ms of CPU a
+    call on the 2-core EPYC, docs/gpu.md), and 15,000 calls/s is the target; idle ones cost next to nothing."""
+    return max(1, (os.cpu_count() or 1) // 2)
 
 
 class _Steps:
@@ -301,6 +303,10 @@ def figures(
             "errors": sum(r["errors"] for r in rows),
             "server_cores_unary_top": unary_top and unary_top["server_cores"],
             "client_cores_unary_top": unary_top and unary_top["client_cores"],
+            # the share of its processes' cores the load generator kept busy: below 0.5, it could have sent 2x more
+            "client_busy_share_unary_top": round(unary_top["client_cores"] / unary_top["client_processes"], 3)
+            if unary_top
+            else None,
         }
         echo_top = _row(echo_results, "unary", top) if echo_results else None
         if echo_top and unary_top and unary_top["requests_per_s"]:
@@ -347,6 +353,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         shown = "–" if value is None else (f"{value:,.4g}" if isinstance(value, float) else str(value))
         met = _met(value, target, higher) if cuda else "n/a (CPU)"
         lines.append(f"| {what} | {shown} | {'≥' if higher else '≤'} {target:g} | {met} |")
+    if figures.get("client_busy_share_unary_top") is not None:
+        lines += [
+            "",
+            f"Unary at {figures['top_concurrency']} clients: server {figures['server_cores_unary_top']} cores, load "
+            f"generator {figures['client_cores_unary_top']} cores, {figures['client_busy_share_unary_top']:.0%} of "
+            "its processes' time busy (below 50%: it could have sent twice as much).",
+        ]
     if figures.get("model_p50_ms_one_text"):
         pair = ", ".join(f"{name} {ms} ms" for name, ms in figures["model_p50_ms_one_text"].items())
         lines += ["", f"One text, shortest length, p50 per call: {pair}."]

@@ -41,6 +41,7 @@ def test_gpu_check_on_the_cpu_writes_one_folder(tiny_model_dir: Path, tmp_path: 
     assert figures["unary_256_texts_per_s"] > 0 and figures["chat_256_texts_per_s"] > 0
     assert figures["stream_64_texts_per_s"] > 0 and figures["unary_1_p50_ms"] > 0
     assert figures["gpu_busy_256_pct"] == "no GPU" and figures["load_generator_headroom"] > 0
+    assert figures["client_busy_share_unary_top"] == round(figures["client_cores_unary_top"] / 2, 3)
     assert set(figures["model_p50_ms_one_text"]) == {"pytorch-fp32", "onnx-fp32"}
     assert summary["load_generator_alone"][0]["server"] == "echo"
 
@@ -77,7 +78,8 @@ def test_a_failed_step_skips_the_steps_that_need_it() -> None:
 def test_figures_from_the_rows() -> None:
     def row(mode: str, concurrency: int, texts_per_s: float, **extra: object) -> dict:
         return {"mode": mode, "concurrency": concurrency, "texts_per_s": texts_per_s, "requests_per_s": texts_per_s,
-                "p50_ms": 1.5, "errors": 0, "server_cores": 1.0, "client_cores": 0.5, "gpu": "no GPU"} | extra  # fmt: skip
+                "p50_ms": 1.5, "errors": 0, "server_cores": 1.0, "client_cores": 0.5, "client_processes": 2,
+                "gpu": "no GPU"} | extra  # fmt: skip
 
     server = {
         "rows": [
@@ -91,4 +93,4 @@ def test_figures_from_the_rows() -> None:
     assert result["unary_256_texts_per_s"] == 900 and result["unary_256_ratio_to_raw"] == 0.75
     assert result["stream_64_texts_per_s"] == 3000 and result["chat_256_texts_per_s"] == 800
     assert result["gpu_busy_256_pct"] == 55.0 and result["errors"] == 2 and result["unary_1_p50_ms"] == 1.5
-    assert result["load_generator_headroom"] == 3.0
+    assert result["load_generator_headroom"] == 3.0 and result["client_busy_share_unary_top"] == 0.25
