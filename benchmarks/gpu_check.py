@@ -162,7 +162,7 @@ def run_gpu_check(config: GpuCheckConfig, *, progress: Callable[[str], None] = l
             build_random_model_dir(work / "tiny-model", texts, real_size=False, tokenizer_dir=None)
             return work / "tiny-model"
 
-        model_dir = steps.run("random-weight model", [], trained)
+        model_dir = steps.run("model", [], trained)
 
         def export() -> Path:
             assert model_dir is not None

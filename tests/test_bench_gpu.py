@@ -33,7 +33,7 @@ def test_gpu_check_on_the_cpu_writes_one_folder(tiny_model_dir: Path, tmp_path: 
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["failed_steps"] == [] and all(s["status"] == "ok" for s in summary["steps"].values())
     assert list(summary["steps"]) == [
-        "random-weight model", "export", "bench model", "bench server", "load generator alone"
+        "model", "export", "bench model", "bench server", "load generator alone"
     ]  # fmt: skip
     assert summary["environment"]["onnxruntime"]["version"] == onnxruntime.__version__
     figures = summary["figures"]
