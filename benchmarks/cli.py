@@ -159,6 +159,16 @@ def server_command(
         None, "--intra-op-spinning/--no-intra-op-spinning", help="Spinning of the started server's intra-op threads."
     ),
     quick: bool = typer.Option(False, help="Concurrencies 1 and 4, one second each."),
+    client_processes: int = typer.Option(
+        1, min=1, help="Processes the load generator's clients are spread over (1: all in this process)."
+    ),
+    channels: int = typer.Option(1, min=1, help="gRPC channels (connections) per client process."),
+    server_workers: int | None = typer.Option(
+        None, min=1, help="--workers of the started server (passed only when given); with --echo, echo processes."
+    ),
+    echo: bool = typer.Option(
+        False, help="Drive a server that runs no model (benchmarks/echo_server.py): the load generator alone."
+    ),
 ) -> None:
     """The gRPC server end to end (unary, server streaming, chat) against the raw predictor on the same texts."""
     from pydantic import ValidationError
@@ -188,12 +198,64 @@ def server_command(
             grouping=grouping,
             intra_op_spinning=intra_op_spinning,
             quick=quick,
+            client_processes=client_processes,
+            channels=channels,
+            server_workers=server_workers,
+            echo=echo,
             **{key: value for key, value in given.items() if value is not None},
         )
     except ValidationError as exc:
         raise flag_error(exc) from None
     config = quick_settings(config, explicit)
     _run_and_report(config, run_server_benchmark, write_server_results, print_server_results)
+
+
+@bench_app.command("gpu")
+def gpu_command(
+    device: str = typer.Option("cuda", help="cuda: the GPU check; cpu: the same steps on a tiny model (a test)."),
+    model: Path | None = typer.Option(None, "--model", help="Trained model directory [default: random weights]."),
+    output: Path = typer.Option(Path("bench-results/gpu"), help="Folder for the (at most 8) result files."),
+    concurrencies: str | None = typer.Option(None, help="Comma-separated client counts [default: 1,16,64,256]."),
+    duration: float | None = typer.Option(None, min=0.1, help="Timed seconds per server mode and concurrency [4]."),
+    client_processes: int | None = typer.Option(None, min=1, help="Load generator processes [default: cores / 2]."),
+    channels: int = typer.Option(2, min=1, help="gRPC channels per client process."),
+    server_workers: int | None = typer.Option(None, min=1, help="--workers of the server (passed only when given)."),
+    echo_processes: int | None = typer.Option(None, min=1, help="Echo server processes [default: cores / 2]."),
+    max_batch_size: int | None = typer.Option(None, min=1, help="--max-batch-size of the server."),
+    data: Path | None = typer.Option(
+        None, help="Labelled data file whose texts are used (default: GoEmotions-Korean)."
+    ),
+) -> None:
+    """The GPU check in one command: export fp16 O4 -> bench model -> bench server -> the load generator alone."""
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from .gpu_check import GpuCheckConfig, cpu_settings, run_gpu_check, summary_markdown
+
+    given: dict[str, Any] = {"concurrencies": _int_list(concurrencies, "--concurrencies"), "duration_s": duration}
+    try:
+        config = GpuCheckConfig(
+            device=device,  # type: ignore[arg-type]
+            model=model,
+            output=output,
+            client_processes=client_processes,
+            channels=channels,
+            server_workers=server_workers,
+            echo_processes=echo_processes,
+            max_batch_size=max_batch_size,
+            data=data,
+            **{key: value for key, value in given.items() if value is not None},
+        )
+    except ValidationError as exc:
+        raise flag_error(exc) from None
+    config = cpu_settings(config)
+    err = Console(stderr=True)
+    summary = run_gpu_check(config, progress=lambda message: err.print(f"[dim]{message}[/]"))
+    Console(width=200).print(summary_markdown(summary), highlight=False, markup=False)
+    Console().print(f"wrote {len(list(config.output.iterdir()))} files in {config.output}")
+    if summary["failed_steps"]:
+        err.print(f"[red]steps not done: {', '.join(summary['failed_steps'])}[/]")
+        raise typer.Exit(code=1)
 
 
 @bench_app.command("peers")

@@ -39,10 +39,35 @@ def cpu_bf16_support() -> tuple[bool, str]:
 
 
 def library_versions() -> dict[str, str | None]:
-    """The benchmarked libraries' versions (None: not installed)."""
+    """The benchmarked libraries' versions (None: not installed). onnxruntime's is the imported module's: package
+    metadata can name another build than the one that runs (the CPU package's 1.30.0 while onnxruntime-gpu 1.31.1,
+    first on PYTHONPATH, ran); so is any other library already imported (torch, numpy, ...)."""
+    import sys
+
     from gamjeong.versions import library_versions as installed_versions
 
-    return installed_versions(_LIBRARIES, python=False, keep_missing=True)
+    versions = installed_versions(_LIBRARIES, python=False, keep_missing=True)
+    onnxruntime_module()  # imports it
+    for name in versions:
+        module = sys.modules.get(name.replace("-", "_"))
+        if module is not None and isinstance(getattr(module, "__version__", None), str):
+            versions[name] = module.__version__
+    return versions
+
+
+def onnxruntime_module() -> dict[str, object]:
+    """The onnxruntime that `import onnxruntime` gives this process: version, build (CPU or GPU), the execution
+    providers it offers and where it was loaded from."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        return {"version": None, "why": str(exc)}
+    return {
+        "version": onnxruntime.__version__,
+        "build": onnxruntime.get_device(),
+        "providers": onnxruntime.get_available_providers(),
+        "path": str(Path(onnxruntime.__file__).parent),
+    }
 
 
 def rss_mb() -> float:
@@ -65,6 +90,8 @@ def peak_rss_mb() -> float | None:
 def environment(threads: int | None) -> dict[str, object]:
     import psutil
 
+    from .gpu_monitor import gpu_environment
+
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu_model": cpu_model(),
@@ -78,4 +105,6 @@ def environment(threads: int | None) -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "libraries": library_versions(),
+        "onnxruntime": onnxruntime_module(),
+        "gpu": gpu_environment(),
     }

@@ -1,7 +1,7 @@
 """The closed-loop clients of `gamjeong bench server`: at concurrency C, C clients each send a request, wait for its
 answer and send the next until a deadline, counting latencies, texts and refused calls.
 
-gRPC modes go through the async Python client over one channel; `http` uses a minimal keep-alive HTTP/1.1 client.
+gRPC modes go through the async Python client over one channel (or several: `channels`); `http` uses a minimal keep-alive HTTP/1.1 client.
 """
 
 from __future__ import annotations
@@ -197,6 +197,26 @@ async def _chat_client(client, texts: list[str], offset: int, stop_at: float, ta
         tally.error(exc.code().name)
 
 
+async def _open_clients(target: str, channels: int) -> list[Any]:
+    """`channels` async clients. Channels with the same target and arguments share one TCP connection through gRPC's
+    global subchannel pool, so with more than one each gets a local pool: its own connection (which a server's
+    SO_REUSEPORT workers can each take)."""
+    import grpc
+
+    from gamjeong.api.v1 import emotion_pb2_grpc
+    from gamjeong.clients import AsyncEmotionClient
+
+    # a generous deadline: at high concurrency a bulk stream waits behind many others on a 2-core CPU
+    clients = [AsyncEmotionClient(target, timeout=600.0) for _ in range(channels)]
+    if channels > 1:
+        for client in clients:
+            await client.channel.close()  # not connected yet: channels connect on their first call
+            options = [*client._options, ("grpc.use_local_subchannel_pool", 1)]
+            client.channel = grpc.aio.insecure_channel(client.target, options=options)
+            client.stub = emotion_pb2_grpc.EmotionClassifierStub(client.channel)
+    return clients
+
+
 async def run_load(
     target: str,
     mode: str,
@@ -205,25 +225,39 @@ async def run_load(
     texts: list[str],
     stream_texts: int,
     http: str | None = None,
+    *,
+    channels: int = 1,
+    first_client: int = 0,
+    start_in: float = 0.0,
 ) -> _Tally:
-    from gamjeong.clients import AsyncEmotionClient
-
+    """Closed-loop load of `concurrency` clients spread round-robin over `channels` gRPC channels, for `seconds` after
+    `start_in` seconds (so that several processes start together). `first_client` numbers this process's clients
+    among all processes', so that each walks the texts from its own place."""
     if mode == "http":
         if http is None:
             raise GamjeongError("The http mode needs the server's HTTP address (--http HOST:PORT with --target).")
+        await asyncio.sleep(start_in)
         return await run_http_load(http, concurrency, seconds, texts)
     tally = _Tally()
-    # a generous deadline: at high concurrency a bulk stream waits behind many others on a 2-core CPU
-    async with AsyncEmotionClient(target, timeout=600.0) as client:
+    clients = await _open_clients(target, min(channels, concurrency))
+    try:
+        await asyncio.sleep(start_in)
         stop_at = time.perf_counter() + seconds
-        offsets = [(k * 7919) % len(texts) for k in range(concurrency)]  # clients walk the texts from different places
+        # clients walk the texts from different places
+        offsets = [(k * 7919) % len(texts) for k in range(first_client, first_client + concurrency)]
+        pick = [clients[k % len(clients)] for k in range(concurrency)]
         if mode == "unary":
-            workers = [_unary_client(client, texts, o, stop_at, tally) for o in offsets]
+            workers = [_unary_client(c, texts, o, stop_at, tally) for c, o in zip(pick, offsets, strict=True)]
         elif mode == "stream":
-            workers = [_stream_client(client, texts, o, stop_at, tally, stream_texts) for o in offsets]
+            workers = [
+                _stream_client(c, texts, o, stop_at, tally, stream_texts) for c, o in zip(pick, offsets, strict=True)
+            ]
         else:
-            workers = [_chat_client(client, texts, o, stop_at, tally) for o in offsets]
+            workers = [_chat_client(c, texts, o, stop_at, tally) for c, o in zip(pick, offsets, strict=True)]
         started = time.perf_counter()
         await asyncio.gather(*workers)
         tally.elapsed = time.perf_counter() - started  # type: ignore[attr-defined]
+    finally:
+        for client in clients:
+            await client.close()
     return tally

@@ -9,7 +9,6 @@ tokenizer) and inference (padding + model + softmax).
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -97,8 +96,10 @@ class ModelBenchConfig(BaseModel):
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gamjeong" / "bench"
+    """The random-weight models' folder: `bench` under gamjeong's cache (GAMJEONG_CACHE_DIR when set)."""
+    from gamjeong.base_models.registry import cache_root
+
+    return cache_root() / "bench"
 
 
 def quick_settings(config: ModelBenchConfig, explicit: set[str]) -> ModelBenchConfig:

@@ -294,7 +294,7 @@ def run_peers_benchmark(config: PeersConfig, *, progress: Callable[[str], None] 
     )  # fmt: skip
     progress(f"starting `gamjeong serve --model {model_dir}`")
     http_port = free_port()
-    with started_server(model_dir, server_config, config.output / "server-gamjeong.log", http_port) as (target, m):
+    with started_server(model_dir, server_config, config.output / "server-gamjeong.log", http_port) as (target, m, _):
         ours = _gamjeong_scores(target, check_texts)
         server, server_rows = measure_server(target, m, server_config, texts, progress, f"127.0.0.1:{http_port}")
     rows = [

@@ -26,7 +26,10 @@ def build_random_model_dir(dest: Path, texts: list[str], *, real_size: bool, tok
         raise GamjeongError(f"Tokenizer directory '{tokenizer_dir}' does not exist.")
     # A WordPiece vocabulary cannot reach 119,547 words from a few thousand sentences: the tokenizer is trained
     # on the texts, and the embedding matrix keeps the real vocabulary size so that size and speed stay real.
-    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=8000 if real_size else 2000, model_max_length=512)
+    # the tiny architecture has 128 positions: a longer tokenizer limit would let a server's warm-up overrun them
+    tokenizer = train_wordpiece_tokenizer(
+        texts, vocab_size=8000 if real_size else 2000, model_max_length=512 if real_size else 128
+    )
     save_random_model(dest, tokenizer, real_size=real_size, seed=0, vocab_size=119_547 if real_size else None)
     return "tokenizer trained on the benchmark texts" + (
         f" ({MBERT_TOKENIZER_DIR} was missing; the embeddings keep the real 119,547-word size)" if real_size else ""
@@ -34,9 +37,17 @@ def build_random_model_dir(dest: Path, texts: list[str], *, real_size: bool, tok
 
 
 def export_for_benchmark(
-    model_dir: Path, dest: Path, precision: str, *, random_weights: bool, progress: Callable[[str], None]
+    model_dir: Path,
+    dest: Path,
+    precision: str,
+    *,
+    random_weights: bool,
+    progress: Callable[[str], None],
+    target: str = "auto",
+    optimize: str = "none",
 ) -> Path:
-    """`gamjeong export` of the trained dir to fp32 ("none") or int8 ONNX; an existing complete export is reused.
+    """`gamjeong export` of the trained dir to fp32 ("none"), int8 or fp16 ONNX, for `target` at graph optimisation
+    level `optimize`; an existing complete export is reused (`dest` names the settings).
 
     With random weights the parity gate is forced open (the predictions mean nothing, only the timing does); the
     parity figures are still recorded in the export's manifest, and the benchmark measures agreement itself.
@@ -46,11 +57,13 @@ def export_for_benchmark(
     if random_weights and (dest / ONNX_MODEL_FILE).is_file() and (dest / MANIFEST_FILE).is_file():
         progress(f"reusing the {precision} export in {dest}")
         return dest
-    progress(f"exporting {model_dir} to {precision} ONNX in {dest}")
+    progress(f"exporting {model_dir} to {precision} ONNX (target {target}, optimisation {optimize}) in {dest}")
     config = ExportConfig(
         model=model_dir,
         output=dest,
         quantize="none" if precision == "fp32" else precision,  # type: ignore[arg-type]
+        target=target,  # type: ignore[arg-type]
+        optimize=optimize,  # type: ignore[arg-type]
         force=random_weights,
         overwrite=True,
     )

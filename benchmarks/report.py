@@ -69,7 +69,27 @@ def environment_lines(results: dict[str, Any]) -> list[str]:
         f"load average (1, 5, 15 min) {_load_average(env['load_average_at_start'])}",
         f"- threads requested: {env['threads_requested'] or 'library defaults'} (OMP_NUM_THREADS={env['omp_num_threads_env']})",
         f"- libraries: {libs}; Python {env['python']}",
+        *_runtime_lines(env),
     ]
+
+
+def _runtime_lines(env: dict[str, Any]) -> list[str]:
+    """The onnxruntime module that ran and the GPU (results written before these were recorded have neither)."""
+    lines = []
+    ort = env.get("onnxruntime")
+    if ort and ort.get("version"):
+        lines.append(
+            f"- onnxruntime (the imported module): {ort['version']}, {ort['build']} build, providers "
+            f"{', '.join(ort['providers'])}"
+        )
+    gpu = env.get("gpu")
+    if gpu:
+        if isinstance(gpu["gpus"], list):
+            names = "; ".join(f"{g['name']} ({g['memory_gb']} GB)" for g in gpu["gpus"])
+            lines.append(f"- GPU: {names}; driver {gpu['driver']}, CUDA {gpu['cuda_driver']}")
+        else:
+            lines.append(f"- GPU: {gpu['gpus']} ({gpu.get('why')})")
+    return lines
 
 
 def pivot_markdown(rows: list[dict[str, Any]], value: str) -> str:
@@ -248,12 +268,26 @@ SERVER_COLUMNS = (
     ("mean_batch_size", "mean batch"),
     ("padding_ratio", "padded/real"),
     ("server_cores", "server cores"),
+    ("client_cores", "client cores"),
+    ("gpu_util", "GPU busy %"),
 )
+
+
+def _gpu_util(row: dict[str, Any]) -> str | None:
+    """Mean utilisation of each GPU during the run ("–" without one; rows from before it was sampled: None)."""
+    gpu = row.get("gpu")
+    if gpu is None or isinstance(gpu, str):
+        return None
+    return "/".join(f"{g['util_mean_pct']:g}" for g in gpu)
 
 
 def _server_row(row: dict[str, Any]) -> dict[str, Any]:
     batches = row.get("batches") or {}
-    return row | {"mean_batch_size": batches.get("mean_batch_size"), "padding_ratio": batches.get("padding_ratio")}
+    return row | {
+        "mean_batch_size": batches.get("mean_batch_size"),
+        "padding_ratio": batches.get("padding_ratio"),
+        "gpu_util": _gpu_util(row),
+    }
 
 
 def server_summary_lines(server: dict[str, Any]) -> list[str]:

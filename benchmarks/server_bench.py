@@ -16,7 +16,6 @@ given as ratios to those. Texts default to the shipped GoEmotions-Korean subset:
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import time
@@ -31,11 +30,20 @@ from gamjeong.errors import GamjeongError
 from gamjeong.server.settings import ServerSettings
 
 from .environment import environment
+from .gpu_monitor import GpuSampler
 from .grouped import grouping_comparison
-from .load import ERROR_BACKOFF_S, run_load
+from .load import ERROR_BACKOFF_S
+from .load_processes import LoadGenerator, ProcessTreeCpu
 from .model_bench import default_cache_dir
 from .paired import paired_overhead, paired_throughput
-from .server_process import batch_delta, free_port, scrape_batch_sizes, started_server, wait_until_serving
+from .server_process import (
+    batch_delta,
+    free_port,
+    scrape_batch_sizes,
+    started_echo_server,
+    started_server,
+    wait_until_serving,
+)
 from .texts import load_texts
 
 Mode = Literal["unary", "stream", "chat", "http"]
@@ -68,6 +76,10 @@ class ServerBenchConfig(BaseModel):
     intra_op_spinning: bool | None = Field(None, description="--(no-)intra-op-spinning of the started server.")
     startup_timeout_s: float = Field(300.0, gt=0)
     quick: bool = False
+    client_processes: int = Field(1, ge=1, description="Processes the clients are spread over (1: this one).")
+    channels: int = Field(1, ge=1, description="gRPC channels per client process, the clients spread over them.")
+    server_workers: int | None = Field(None, ge=1, description="--workers of the started server (when given).")
+    echo: bool = Field(False, description="Drive echo processes that run no model: the load generator alone.")
 
     @field_validator("concurrencies")
     @classmethod
@@ -164,7 +176,10 @@ def measure_server(
     texts: list[str],
     progress: Callable[[str], None],
     http: str | None = None,
+    server_pid: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every (mode, concurrency) against one server. `server_pid` (a server this benchmark started): its whole process
+    tree's CPU is measured; else the CPU comes from its metrics (`process_cpu_seconds_total`), when it has any."""
     from gamjeong.clients import EmotionClient
 
     with EmotionClient(target) as client:
@@ -177,42 +192,82 @@ def measure_server(
         "max_input_length": info.max_input_length,
         "limits": {k: v for k, v in info.limits.items() if isinstance(v, (int, float, str))},
     }
+    tree = ProcessTreeCpu(server_pid) if server_pid is not None else None
+    if tree is not None:
+        server["processes"] = tree.processes()
     rows: list[dict[str, Any]] = []
-    for mode in config.modes:
-        for concurrency in config.concurrencies:
-            progress(f"{info.backend}: {mode} at concurrency {concurrency} for {config.duration_s:g} s")
-            if config.warmup_s:
-                asyncio.run(run_load(target, mode, concurrency, config.warmup_s, texts, config.stream_texts, http))
-            before = scrape_batch_sizes(metrics)
-            tally = asyncio.run(
-                run_load(target, mode, concurrency, config.duration_s, texts, config.stream_texts, http)
-            )
-            after = scrape_batch_sizes(metrics)
-            batches = batch_delta(before, after)
-            elapsed = tally.elapsed  # type: ignore[attr-defined]
-            rows.append(
-                {
-                    "server": info.backend,
-                    "mode": mode,
-                    "concurrency": concurrency,
-                    "requests": len(tally.latencies),
-                    "texts": tally.texts,
-                    "errors": sum(tally.errors.values()),
-                    "error_codes": tally.errors,
-                    **_latency_summary(tally.latencies),
-                    "requests_per_s": round(len(tally.latencies) / elapsed, 2),
-                    "texts_per_s": round(tally.texts / elapsed, 2),
-                    "batches": batches,
-                    # Real (unpadded) tokens the server's model calls ran, from its metrics: texts/s hides length.
-                    "tokens_per_s": round(batches["real_tokens"] / elapsed, 1) if batches else None,
-                    # Cores the server process kept busy (CPU seconds per second): spinning threads show up here.
-                    "server_cores": round(batches["server_cpu_s"] / elapsed, 2)
-                    if batches and batches["server_cpu_s"] is not None
-                    else None,
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                }
-            )
+    generator = LoadGenerator(
+        target,
+        texts,
+        stream_texts=config.stream_texts,
+        http=http,
+        processes=config.client_processes,
+        channels=config.channels,
+    )
+    with generator:
+        for mode in config.modes:
+            for concurrency in config.concurrencies:
+                progress(f"{info.backend}: {mode} at concurrency {concurrency} for {config.duration_s:g} s")
+                if config.warmup_s:
+                    generator.run(mode, concurrency, config.warmup_s)
+                before, cpu_before = scrape_batch_sizes(metrics), tree.seconds() if tree else None
+                with GpuSampler() as gpu:
+                    load = generator.run(mode, concurrency, config.duration_s)
+                after, cpu_after = scrape_batch_sizes(metrics), tree.seconds() if tree else None
+                rows.append(_row(info.backend, mode, concurrency, load, batch_delta(before, after), gpu.summary()))
+                if cpu_before is not None and cpu_after is not None:
+                    # the whole process tree (every worker), not only the process that serves /metrics
+                    rows[-1] |= {"server_cores": round((cpu_after - cpu_before) / load["elapsed"], 2)}
+                    rows[-1] |= {"server_cpu_source": "process tree"}
     return server, rows
+
+
+def _row(
+    backend: str,
+    mode: str,
+    concurrency: int,
+    load: dict[str, Any],
+    batches: dict[str, Any] | None,
+    gpu: list[dict[str, Any]] | str,
+) -> dict[str, Any]:
+    elapsed = load["elapsed"]
+    latencies = load["latencies"]
+    return {
+        "server": backend,
+        "mode": mode,
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "texts": load["texts"],
+        "errors": sum(load["errors"].values()),
+        "error_codes": load["errors"],
+        **_latency_summary(latencies),
+        "requests_per_s": round(len(latencies) / elapsed, 2),
+        "texts_per_s": round(load["texts"] / elapsed, 2),
+        "batches": batches,
+        # Real (unpadded) tokens the server's model calls ran, from its metrics: texts/s hides length.
+        "tokens_per_s": round(batches["real_tokens"] / elapsed, 1) if batches else None,
+        # Cores the server kept busy (CPU seconds per second): spinning threads show up here.
+        "server_cores": round(batches["server_cpu_s"] / elapsed, 2)
+        if batches and batches["server_cpu_s"] is not None
+        else None,
+        "server_cpu_source": "metrics" if batches and batches["server_cpu_s"] is not None else None,
+        # Cores the load generator used (all its processes): near 1.0 per process, it is the bottleneck.
+        "client_cores": round(load["client_cpu_s"] / elapsed, 2),
+        "client_processes": len(load["per_process"]),
+        "per_process": load["per_process"],
+        "gpu": gpu,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _load_shape(config: ServerBenchConfig) -> str:
+    channels = "one channel" if config.channels == 1 else f"{config.channels} channels"
+    if config.client_processes == 1:
+        return f"all clients share {channels} in one asyncio process"
+    return (
+        f"the clients are spread over {config.client_processes} processes (each its own asyncio loop and "
+        f"{channels}), started together"
+    )
 
 
 def _ratios(rows: list[dict[str, Any]], raw: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -256,6 +311,27 @@ def http_overhead(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return overhead or None
 
 
+def _measure_echo(
+    config: ServerBenchConfig, texts: list[str], progress: Callable[[str], None], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The load generator alone: against echo processes that run no model (benchmarks/echo_server.py)."""
+    processes = config.server_workers or 1
+    progress(f"starting {processes} echo server process(es): no model, the load generator's own ceiling")
+    with started_echo_server(processes, config.output / "server-echo.log", config.startup_timeout_s) as (
+        target,
+        process,
+    ):
+        server, server_rows = measure_server(target, None, config, texts, progress, server_pid=process.pid)
+    rows += server_rows
+    return server | {
+        "started_by_benchmark": True,
+        "echo_processes": processes,
+        "raw": None,
+        "ratios": None,
+        "raw_note": "an echo server runs no model",
+    }
+
+
 def run_server_benchmark(
     config: ServerBenchConfig, *, progress: Callable[[str], None] = lambda m: None
 ) -> dict[str, Any]:
@@ -265,13 +341,15 @@ def run_server_benchmark(
         raise GamjeongError(
             "With --target, give at most one --model (the directory that server serves, for the raw run)."
         )
+    if config.echo and (config.target is not None or config.model or "http" in config.modes):
+        raise GamjeongError("--echo starts its own gRPC server: give neither --target, --model nor the http mode.")
     for path in config.model:
         if not Path(path).expanduser().is_dir():
             raise GamjeongError(f"Model directory '{path}' does not exist.")
     started_environment = environment(config.threads)  # date and load average at the start of the run
     source = load_texts(config.data)
     texts = source.texts
-    random_weights = config.target is None and not config.model
+    random_weights = config.target is None and not config.model and not config.echo
     if random_weights:
         # No server and no model given: the real-size random-weight model of `bench model`, as PyTorch fp32 and as
         # ONNX int8 (built and exported into the cache once), so PyTorch and ONNX are compared end to end.
@@ -287,6 +365,9 @@ def run_server_benchmark(
     servers: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     runs = [(config.target, Path(p).expanduser() if p else None) for p in (config.model or [None])]
+    if config.echo:
+        servers.append(_measure_echo(config, texts, progress, rows))
+        runs = []
     for target, model_dir in runs:
         raw = None
         if model_dir is not None:
@@ -298,9 +379,11 @@ def run_server_benchmark(
             progress(f"starting `gamjeong serve --model {model_dir}`")
             log = config.output / f"server-{model_dir.name}.log"
             http_port = free_port() if "http" in config.modes else None
-            with started_server(model_dir, config, log, http_port) as (started_target, metrics):
+            with started_server(model_dir, config, log, http_port) as (started_target, metrics, process):
                 http = None if http_port is None else f"127.0.0.1:{http_port}"
-                server, server_rows = measure_server(started_target, metrics, config, texts, progress, http)
+                server, server_rows = measure_server(
+                    started_target, metrics, config, texts, progress, http, server_pid=process.pid
+                )
                 if "unary" in config.modes:
                     progress("paired with the raw predictor: one client, then the highest concurrency")
                     predictor = raw_predictor(model_dir, config)
@@ -342,8 +425,7 @@ def run_server_benchmark(
             "stream_texts": config.stream_texts,
             "raw_batch_size": batch_size,
             "load": "closed loop: each client sends its next request when the previous answer is back (or "
-            f"{ERROR_BACKOFF_S:g} s after an error); all clients share one channel in one asyncio process on the same "
-            "machine as the server",
+            f"{ERROR_BACKOFF_S:g} s after an error); " + _load_shape(config) + " on the same machine as the server",
             "latency": "unary: one text per call; stream: a whole ClassifyStream call of stream_texts texts; "
             "chat: one message to its reply on an open ClassifyChat stream; http: one text per POST /v1/classify",
         },

@@ -59,13 +59,10 @@ def wait_until_serving(
     raise GamjeongError(f"The server at {target} did not report SERVING within {timeout_s:.0f} s; see its log.")
 
 
-@contextlib.contextmanager
-def started_server(
-    model_dir: Path, config: ServerBenchConfig, log: Path, http_port: int | None = None
-) -> Iterator[tuple[str, str]]:
-    """`gamjeong serve` in a subprocess on free ports (and `--http-port http_port` if given); yields (target,
-    metrics address); SIGTERM on exit."""
-    port, metrics_port = free_port(), free_port()
+def serve_command(
+    model_dir: Path, config: ServerBenchConfig, port: int, metrics_port: int, http_port: int | None = None
+) -> list[str]:
+    """The `gamjeong serve` command line of a started server: the benchmark's server flags, each only when given."""
     command = [
         sys.executable, "-m", "gamjeong.cli", "serve", "--model", str(model_dir), "--backend", config.backend,
         "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
@@ -83,13 +80,42 @@ def started_server(
         command += ["--intra-op-spinning" if config.intra_op_spinning else "--no-intra-op-spinning"]
     if http_port is not None:
         command += ["--http-port", str(http_port)]
+    if config.server_workers is not None:  # only when asked: servers without --workers still start
+        command += ["--workers", str(config.server_workers)]
+    return command
+
+
+@contextlib.contextmanager
+def started_server(
+    model_dir: Path, config: ServerBenchConfig, log: Path, http_port: int | None = None
+) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """`gamjeong serve` in a subprocess on free ports (and `--http-port http_port` if given); yields (target,
+    metrics address, the process); SIGTERM on exit."""
+    port, metrics_port = free_port(), free_port()
+    command = serve_command(model_dir, config, port, metrics_port, http_port)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     target = f"127.0.0.1:{port}"
     with log.open("w", encoding="utf-8") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
             wait_until_serving(target, config.startup_timeout_s, process, log)
-            yield target, f"127.0.0.1:{metrics_port}"
+            yield target, f"127.0.0.1:{metrics_port}", process
+        finally:
+            stop_process(process)
+
+
+@contextlib.contextmanager
+def started_echo_server(processes: int, log: Path, timeout_s: float) -> Iterator[tuple[str, subprocess.Popen]]:
+    """benchmarks/echo_server.py in `processes` processes on a free port; yields (target, the parent process)."""
+    port = free_port()
+    command = [sys.executable, "-m", "gamjeong.benchmarks.echo_server", "--port", str(port)]
+    command += ["--processes", str(processes)]
+    target = f"127.0.0.1:{port}"
+    with log.open("w", encoding="utf-8") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            wait_until_serving(target, timeout_s, process, log)
+            yield target, process
         finally:
             stop_process(process)
 

@@ -159,7 +159,7 @@ def test_quick_server_against_a_running_server(tiny_fp32_onnx_dir: Path, tmp_pat
     from gamjeong.benchmarks.server_bench import ServerBenchConfig, started_server
 
     settings = ServerBenchConfig(model=[tiny_fp32_onnx_dir], threads=1)
-    with started_server(tiny_fp32_onnx_dir, settings, tmp_path / "server.log") as (target, metrics):
+    with started_server(tiny_fp32_onnx_dir, settings, tmp_path / "server.log") as (target, metrics, _):
         result = runner.invoke(
             app,
             [
