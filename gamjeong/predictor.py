@@ -23,7 +23,7 @@ from gamjeong.artifacts import (
     verify_manifest,
 )
 from gamjeong.errors import GamjeongError
-from gamjeong.tokenization import EncodedText, ServingTokenizer
+from gamjeong.tokenization import EncodedText, ServingTokenizer, pad_rows
 
 if TYPE_CHECKING:  # imported where they are used: a serving install has no torch or transformers
     import onnxruntime
@@ -79,20 +79,14 @@ class Predictor(ABC):
         overflowed = [False] * len(texts)
         for row, sample in enumerate(mapping):
             if result[sample] is None:
-                result[sample] = EncodedText(list(enc["input_ids"][row]), False)
+                result[sample] = EncodedText(enc["input_ids"][row], False)
             else:
                 overflowed[sample] = True
         return [EncodedText(r.input_ids, o) for r, o in zip(result, overflowed, strict=True)]  # type: ignore[union-attr]
 
     def pad(self, encoded: Sequence[EncodedText]) -> tuple[np.ndarray, np.ndarray]:
-        """Dynamic padding to the longest text of the batch."""
-        width = max(len(e.input_ids) for e in encoded)
-        input_ids = np.full((len(encoded), width), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(encoded), width), dtype=np.int64)
-        for i, e in enumerate(encoded):
-            input_ids[i, : len(e.input_ids)] = e.input_ids
-            attention_mask[i, : len(e.input_ids)] = 1
-        return input_ids, attention_mask
+        """Dynamic padding to the longest text of the batch (vectorised: gamjeong.tokenization.pad_rows)."""
+        return pad_rows([e.input_ids for e in encoded], self.pad_token_id)
 
     # --- inference ----------------------------------------------------------------------------------------------
     @abstractmethod
@@ -109,7 +103,8 @@ class Predictor(ABC):
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Probabilities [len(texts), 7]; texts are batched by length to limit padding, results in input order."""
         encoded = self.encode(texts)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+        lengths = np.fromiter((len(e.input_ids) for e in encoded), dtype=np.intp, count=len(encoded))
+        order = np.argsort(lengths, kind="stable").tolist()
         probs = np.zeros((len(encoded), 7), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]

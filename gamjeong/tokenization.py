@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gamjeong.errors import GamjeongError
 
@@ -24,12 +27,32 @@ SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 _NO_LIMIT = 100_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: built once per text on the hot path, half the cost of a plain one
 class EncodedText:
-    """Token ids of one text, already truncated to the predictor's max length."""
+    """Token ids of one text, already truncated to the predictor's max length.
 
-    input_ids: list[int]
+    `input_ids` is the list the tokenizer returns (the cheapest form to get out of `tokenizers`, and to pickle
+    between processes); a 1-D integer array is accepted as well wherever EncodedText is read (`pad_rows`).
+    """
+
+    input_ids: Sequence[int]
     truncated: bool
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), int64 [len(rows), longest row], padded on the right: the rows' lengths, one flat
+    array of every id, and one boolean-mask assignment, with no Python loop over the rows."""
+    count = len(rows)
+    lengths = np.fromiter(map(len, rows), dtype=np.intp, count=count)
+    width = int(lengths.max()) if count else 0
+    mask = np.arange(width) < lengths[:, None]
+    input_ids = np.full((count, width), pad_token_id, dtype=np.int64)
+    if count and isinstance(rows[0], np.ndarray):  # arrays: one copy (lists among them are converted too)
+        flat = np.concatenate(rows).astype(np.int64, copy=False)
+    else:  # lists (what the tokenizer gives), or anything iterable: one pass in C over all of them
+        flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    input_ids[mask] = flat  # row-major, like the flat array
+    return input_ids, mask.astype(np.int64)
 
 
 def _token_content(value: Any) -> str | None:
@@ -76,6 +99,9 @@ class ServingTokenizer:
         # the predictor's job (to the longest text of each batch), so it stays off here too.
         tokenizer.no_padding()
         tokenizer.no_truncation()
+        # Offsets are never read here: the batch encoder that skips them is ~15% cheaper (tokenizers >= 0.21).
+        self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        self._layout = _special_layout(tokenizer)
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> ServingTokenizer:
@@ -111,21 +137,67 @@ class ServingTokenizer:
     def __len__(self) -> int:
         return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
 
-    def _truncate_to(self, max_length: int) -> None:
+    def _truncate_to(self, max_length: int | None) -> None:
         if self._max_length != max_length:
-            # The same call transformers makes for truncation=True, max_length=N (stride 0, longest first).
-            self._tokenizer.enable_truncation(
-                max_length, stride=0, strategy="longest_first", direction=self.truncation_side
-            )
+            if max_length is None:
+                self._tokenizer.no_truncation()
+            else:  # the same call transformers makes for truncation=True, max_length=N (stride 0, longest first)
+                self._tokenizer.enable_truncation(
+                    max_length, stride=0, strategy="longest_first", direction=self.truncation_side
+                )
             self._max_length = max_length
 
-    def encode_truncated(self, texts: Sequence[str], max_length: int) -> list[EncodedText]:
-        """Ids with special tokens, cut to max_length; a text that did not fit is flagged (it has overflow)."""
+    def encode_ids(self, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
+        """Ids with special tokens, cut to max_length, and which texts did not fit: the batch form of
+        `encode_truncated`, with no per-text Python object but the tokenizer's own id lists."""
         if not texts:
-            return []
-        self._truncate_to(max_length)
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
-        return [EncodedText(list(e.ids), bool(e.overflowing)) for e in encodings]
+            return [], []
+        texts = texts if isinstance(texts, list) else list(texts)
+        layout = self._layout
+        keep = max_length - (layout[0] + layout[1]) if layout is not None else 0
+        if layout is None or keep < 1 or self.truncation_side not in ("right", "left"):
+            # The tokenizer truncates; a text that did not fit has overflow (which it builds, in Python objects too).
+            self._truncate_to(max_length)
+            encodings = self._encode_batch(texts, add_special_tokens=True)
+            return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+        # Cut here, as the tokenizer would (its truncation cuts the text's tokens to max_length minus the special
+        # tokens, then adds those): the same ids, without the overflow pieces it would build for every long text.
+        self._truncate_to(None)
+        ids = [e.ids for e in self._encode_batch(texts, add_special_tokens=True)]
+        lengths = np.fromiter(map(len, ids), dtype=np.intp, count=len(ids))
+        too_long = lengths > max_length
+        prefix, suffix = layout
+        for i in np.flatnonzero(too_long).tolist():  # only the texts that did not fit
+            row = ids[i]
+            end = len(row) - suffix
+            if self.truncation_side == "right":
+                ids[i] = row[: prefix + keep] + row[end:]
+            else:
+                ids[i] = row[:prefix] + row[end - keep :]
+        return ids, too_long.tolist()
+
+    def encode_truncated(self, texts: Sequence[str], max_length: int) -> list[EncodedText]:
+        """Ids with special tokens, cut to max_length; a text that did not fit is flagged."""
+        ids, truncated = self.encode_ids(texts, max_length)
+        return list(map(EncodedText, ids, truncated))
+
+
+def _special_layout(tokenizer: Any) -> tuple[int, int] | None:
+    """(special tokens before, after) the text's own tokens in an encoded single text ([CLS] x [SEP]: (1, 1); <s> x
+    </s>: (1, 1); no post-processor: (0, 0)), or None when the post-processor does anything else, in which case the
+    tokenizer's own truncation is used."""
+    try:
+        added = tokenizer.num_special_tokens_to_add(False)
+        probe = tokenizer.encode("a b 가나 1", add_special_tokens=True)
+        plain = tokenizer.encode("a b 가나 1", add_special_tokens=False).ids
+    except Exception:  # a post-processor this code does not know: the tokenizer's own truncation
+        return None
+    mask = probe.special_tokens_mask
+    prefix = next((i for i, m in enumerate(mask) if not m), len(mask))
+    suffix = next((i for i, m in enumerate(reversed(mask)) if not m), len(mask))
+    if not plain or prefix + suffix != added or probe.ids[prefix : len(mask) - suffix] != plain:
+        return None
+    return prefix, suffix
 
 
 def load_serving_tokenizer(directory: str | Path) -> ServingTokenizer:
