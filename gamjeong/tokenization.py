@@ -94,7 +94,7 @@ class ServingTokenizer:
         self.unk_token_id = unk_token_id
         self.padding_side = padding_side
         self.truncation_side = truncation_side
-        self._max_length: int | None = None
+        self._truncation: tuple[int | None, str] = (None, truncation_side)  # what the Rust tokenizer is set to
         # transformers disables the padding a tokenizer.json may have saved and sets truncation per call; padding is
         # the predictor's job (to the longest text of each batch), so it stays off here too.
         tokenizer.no_padding()
@@ -138,14 +138,14 @@ class ServingTokenizer:
         return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
 
     def _truncate_to(self, max_length: int | None) -> None:
-        if self._max_length != max_length:
+        if self._truncation != (max_length, self.truncation_side):
             if max_length is None:
                 self._tokenizer.no_truncation()
             else:  # the same call transformers makes for truncation=True, max_length=N (stride 0, longest first)
                 self._tokenizer.enable_truncation(
                     max_length, stride=0, strategy="longest_first", direction=self.truncation_side
                 )
-            self._max_length = max_length
+            self._truncation = (max_length, self.truncation_side)
 
     def encode_ids(self, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
         """Ids with special tokens, cut to max_length, and which texts did not fit: the batch form of
