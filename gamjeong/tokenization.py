@@ -25,6 +25,15 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 # transformers' "no limit" value of model_max_length (int(1e30)); anything this large means "not recorded".
 _NO_LIMIT = 100_000
+# A text longer than PRECUT_CHARS_PER_TOKEN characters per kept token is cut at a space before it is tokenised, and
+# the cut must still give PRECUT_MARGIN tokens more than are kept (ServingTokenizer._encode_precut says why).
+PRECUT_CHARS_PER_TOKEN = 6
+PRECUT_MARGIN = 16
+# Pre-tokenizers that split at every space, and normalisers that work within a word: what pre-cutting relies on.
+_SPLITTING_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit", "Metaspace"})
+_LOCAL_NORMALIZERS = frozenset(
+    {"BertNormalizer", "NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Precompiled", "Replace", "Nmt"}
+)
 
 
 @dataclass(frozen=True, slots=True)  # slots: built once per text on the hot path, half the cost of a plain one
@@ -102,6 +111,7 @@ class ServingTokenizer:
         # Offsets are never read here: the batch encoder that skips them is ~15% cheaper (tokenizers >= 0.21).
         self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         self._layout = _special_layout(tokenizer)
+        self._precut = self._layout is not None and _precut_safe(tokenizer)
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> ServingTokenizer:
@@ -163,7 +173,10 @@ class ServingTokenizer:
         # Cut here, as the tokenizer would (its truncation cuts the text's tokens to max_length minus the special
         # tokens, then adds those): the same ids, without the overflow pieces it would build for every long text.
         self._truncate_to(None)
-        ids = [e.ids for e in self._encode_batch(texts, add_special_tokens=True)]
+        if self._precut and self.truncation_side == "right":
+            ids = self._encode_precut(texts, keep)
+        else:
+            ids = [e.ids for e in self._encode_batch(texts, add_special_tokens=True)]
         lengths = np.fromiter(map(len, ids), dtype=np.intp, count=len(ids))
         too_long = lengths > max_length
         prefix, suffix = layout
@@ -175,6 +188,33 @@ class ServingTokenizer:
             else:
                 ids[i] = row[:prefix] + row[end - keep :]
         return ids, too_long.tolist()
+
+    def _encode_precut(self, texts: list[str], keep: int) -> list[list[int]]:
+        """Untruncated ids, except that a text far longer than `keep` tokens is first cut at a space, so the tokenizer
+        does not tokenise thousands of characters only to drop them (a 10,000-character text: ~40 ms).
+
+        The tokens of the words before a space do not depend on what follows it (the pre-tokenizer splits there and
+        the normaliser works within words: `_precut_safe` checks both), so the cut text's tokens begin as the whole
+        text's do; only its last word and trailing space may differ, and they lie beyond the kept tokens when the cut
+        text has PRECUT_MARGIN tokens more than are kept. A cut text with fewer is encoded whole after all."""
+        limit = PRECUT_CHARS_PER_TOKEN * (keep + PRECUT_MARGIN)
+        lengths = np.fromiter(map(len, texts), dtype=np.intp, count=len(texts))
+        work, cut = texts, []
+        for i in np.flatnonzero(lengths > limit).tolist():  # only the very long texts
+            space = texts[i].find(" ", limit)
+            if space != -1:
+                if not cut:
+                    work = list(texts)  # the caller's list stays as it was
+                work[i] = texts[i][:space]
+                cut.append(i)
+        ids = [e.ids for e in self._encode_batch(work, add_special_tokens=True)]
+        enough = sum(self._layout or (0, 0)) + keep + PRECUT_MARGIN
+        short = [i for i in cut if len(ids[i]) < enough]
+        if short:  # sparse text (few tokens per character): the whole text after all
+            whole = self._encode_batch([texts[i] for i in short], add_special_tokens=True)
+            for i, encoding in zip(short, whole, strict=True):
+                ids[i] = encoding.ids
+        return ids
 
     def encode_truncated(self, texts: Sequence[str], max_length: int) -> list[EncodedText]:
         """Ids with special tokens, cut to max_length; a text that did not fit is flagged."""
@@ -198,6 +238,49 @@ def _special_layout(tokenizer: Any) -> tuple[int, int] | None:
     if not plain or prefix + suffix != added or probe.ids[prefix : len(mask) - suffix] != plain:
         return None
     return prefix, suffix
+
+
+def _component_types(component: Any, key: str) -> list[str] | None:
+    """The types of a normaliser or pre-tokenizer and of the members of a Sequence of them (None: unreadable)."""
+    try:
+        state = json.loads(component.__getstate__())
+    except Exception:  # a component without its JSON state: treated as unknown
+        return None
+    members = state.get(key) if state.get("type") == "Sequence" else [state]
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        return None
+    return [str(m.get("type")) for m in members]
+
+
+def _precut_safe(tokenizer: Any) -> bool:
+    """True when the tokens of the words before a space cannot depend on what follows it: the pre-tokenizer splits at
+    spaces, the normaliser works within words (a Replace only on spaces), no added token holds a space."""
+    pre = tokenizer.pre_tokenizer
+    pre_types = _component_types(pre, "pretokenizers") if pre is not None else None
+    if not pre_types or len(pre_types) != 1 or pre_types[0] not in _SPLITTING_PRE_TOKENIZERS:
+        return False
+    if pre_types[0] == "Metaspace" and not json.loads(pre.__getstate__()).get("split", True):
+        return False
+    if tokenizer.normalizer is not None:
+        normalizer_types = _component_types(tokenizer.normalizer, "normalizers")
+        if normalizer_types is None or not set(normalizer_types) <= _LOCAL_NORMALIZERS:
+            return False
+        if "Replace" in normalizer_types and not _replaces_spaces_only(tokenizer.normalizer):
+            return False
+    return not any(any(c.isspace() for c in t.content) for t in tokenizer.get_added_tokens_decoder().values())
+
+
+def _replaces_spaces_only(normalizer: Any) -> bool:
+    """XLM-R's normaliser folds runs of spaces (Replace " {2,}" -> " "); any other Replace is not known to be local."""
+    state = json.loads(normalizer.__getstate__())
+    members = state.get("normalizers", [state]) if state.get("type") == "Sequence" else [state]
+    for member in members:
+        if member.get("type") == "Replace":
+            pattern = member.get("pattern", {})
+            text = pattern.get("Regex", pattern.get("String"))
+            if text not in (" {2,}", "  ") or member.get("content") != " ":
+                return False
+    return True
 
 
 def load_serving_tokenizer(directory: str | Path) -> ServingTokenizer:

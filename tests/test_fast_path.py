@@ -156,6 +156,65 @@ def test_other_special_token_layouts(template: str | None, layout: tuple[int, in
         assert tokenizer.encode_truncated(texts, max_length) == _by_the_tokenizer(tokenizer, texts, max_length)
 
 
+def _very_long_texts() -> list[str]:
+    """Texts far longer than the kept tokens (cut at a space before tokenising), joined in every way that could
+    make the cut text tokenise differently: runs of spaces, newlines, tabs, special tokens, emoji, ideographic space;
+    and sparse ones (a 120-character word is one [UNK] to WordPiece) that are encoded whole after all."""
+    from gamjeong.samples import sample_texts
+
+    texts = list(sample_texts())
+    joins = [" ", "  ", "\n", " \n\n ", "\t", " [SEP] ", " <mask> ", " 😂 ", "\u3000", "   .  "]
+    return [
+        *(join.join(texts[i * 40 : i * 40 + 40]) for i, join in enumerate(joins)),
+        " ".join(["가" * 120] * 30),
+        "a " * 2000,
+        "  " + "행복해요 " * 500 + "  ",
+    ]
+
+
+def test_very_long_texts_are_cut_before_tokenising_with_the_same_ids(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    texts = _very_long_texts()
+    for directory in _tokenizer_dirs(tiny_model_dir, tmp_path_factory):
+        tokenizer = load_serving_tokenizer(directory)
+        assert tokenizer._precut, directory
+        seen: list[int] = []
+
+        def recording(batch: list[str], seen: list[int] = seen, encode=tokenizer._encode_batch, **kwargs: object):
+            seen.extend(len(t) for t in batch)
+            return encode(batch, **kwargs)
+
+        tokenizer._encode_batch = recording
+        for max_length in (8, 32, 128):
+            seen.clear()
+            ours = tokenizer.encode_truncated(texts, max_length)
+            assert ours == _by_the_tokenizer(tokenizer, texts, max_length), (directory, max_length)
+            assert all(e.truncated for e in ours[:10])
+            assert min(seen[: len(texts)]) < max(len(t) for t in texts) / 4  # the long ones were cut...
+            assert len(seen) > len(texts)  # ...and the sparse ones encoded whole after all
+
+
+def test_pre_cutting_is_off_where_a_cut_could_change_the_tokens(tiny_tokenizer) -> None:
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+
+    from gamjeong.tokenization import _precut_safe
+
+    backend = Tokenizer.from_str(tiny_tokenizer.backend_tokenizer.to_str())
+    assert _precut_safe(backend)
+    backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex("a b"), "ab")])
+    assert not _precut_safe(backend)  # a rule that spans a space
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(split=False)
+    assert not _precut_safe(backend)  # no split at spaces: one "word" for the whole text
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel()
+    assert not _precut_safe(backend)  # not known here
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    assert _precut_safe(backend)
+    backend.add_tokens(["행복 해요"])
+    assert not _precut_safe(backend)  # an added token with a space in it
+
+
 def test_a_too_short_max_length_is_left_to_the_tokenizer(tiny_model_dir: Path) -> None:
     tokenizer = load_serving_tokenizer(tiny_model_dir)
     encoded = tokenizer.encode_truncated(["오늘 정말 행복해요", "헐"], 2)  # room for [CLS] and [SEP] only
