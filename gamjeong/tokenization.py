@@ -50,16 +50,20 @@ class EncodedText:
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, attention_mask), int64 [len(rows), longest row], padded on the right: the rows' lengths, one flat
-    array of every id, and one boolean-mask assignment, with no Python loop over the rows."""
+    array of every id, and one boolean-mask assignment, with no Python loop over the rows (the few numpy calls are
+    the whole cost of a small batch, so rows of one length, a single text among them, take one call)."""
     count = len(rows)
-    lengths = np.fromiter(map(len, rows), dtype=np.intp, count=count)
-    width = int(lengths.max()) if count else 0
-    mask = np.arange(width) < lengths[:, None]
+    lengths = list(map(len, rows))
+    width = max(lengths, default=0)
+    if count and min(lengths) == width:  # nothing to pad
+        input_ids = np.array(rows, dtype=np.int64).reshape(count, width)
+        return input_ids, np.ones_like(input_ids)
+    mask = np.arange(width) < np.array(lengths)[:, None]
     input_ids = np.full((count, width), pad_token_id, dtype=np.int64)
     if count and isinstance(rows[0], np.ndarray):  # arrays: one copy (lists among them are converted too)
         flat = np.concatenate(rows).astype(np.int64, copy=False)
     else:  # lists (what the tokenizer gives), or anything iterable: one pass in C over all of them
-        flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=sum(lengths))
     input_ids[mask] = flat  # row-major, like the flat array
     return input_ids, mask.astype(np.int64)
 
@@ -177,17 +181,20 @@ class ServingTokenizer:
             ids = self._encode_precut(texts, keep)
         else:
             ids = [e.ids for e in self._encode_batch(texts, add_special_tokens=True)]
-        lengths = np.fromiter(map(len, ids), dtype=np.intp, count=len(ids))
-        too_long = lengths > max_length
+        # The usual batch has no text too long: one pass in C says so (numpy calls would cost more on small batches)
+        if max(map(len, ids)) <= max_length:
+            return ids, [False] * len(ids)
+        too_long = [len(row) > max_length for row in ids]
         prefix, suffix = layout
-        for i in np.flatnonzero(too_long).tolist():  # only the texts that did not fit
-            row = ids[i]
-            end = len(row) - suffix
-            if self.truncation_side == "right":
-                ids[i] = row[: prefix + keep] + row[end:]
-            else:
-                ids[i] = row[:prefix] + row[end - keep :]
-        return ids, too_long.tolist()
+        for i, cut in enumerate(too_long):
+            if cut:
+                row = ids[i]
+                end = len(row) - suffix
+                if self.truncation_side == "right":
+                    ids[i] = row[: prefix + keep] + row[end:]
+                else:
+                    ids[i] = row[:prefix] + row[end - keep :]
+        return ids, too_long
 
     def _encode_precut(self, texts: list[str], keep: int) -> list[list[int]]:
         """Untruncated ids, except that a text far longer than `keep` tokens is first cut at a space, so the tokenizer
@@ -198,10 +205,11 @@ class ServingTokenizer:
         text's do; only its last word and trailing space may differ, and they lie beyond the kept tokens when the cut
         text has PRECUT_MARGIN tokens more than are kept. A cut text with fewer is encoded whole after all."""
         limit = PRECUT_CHARS_PER_TOKEN * (keep + PRECUT_MARGIN)
-        lengths = np.fromiter(map(len, texts), dtype=np.intp, count=len(texts))
         work, cut = texts, []
-        for i in np.flatnonzero(lengths > limit).tolist():  # only the very long texts
-            space = texts[i].find(" ", limit)
+        if max(map(len, texts)) <= limit:  # the usual batch: nothing to cut (one pass in C)
+            return [e.ids for e in self._encode_batch(texts, add_special_tokens=True)]
+        for i, text in enumerate(texts):
+            space = text.find(" ", limit) if len(text) > limit else -1
             if space != -1:
                 if not cut:
                     work = list(texts)  # the caller's list stays as it was
