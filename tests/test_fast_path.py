@@ -68,6 +68,15 @@ def test_the_predictor_pads_array_rows_like_list_rows(tiny_model_dir: Path) -> N
     assert predictor.pad(encoded)[0].shape == (3, 16)
 
 
+def test_encoded_texts_survive_pickling(tiny_model_dir: Path) -> None:
+    """What the server's front-end processes ship to the batcher: the ids and the flag, unchanged."""
+    import pickle
+
+    encoded = _Encoder(load_serving_tokenizer(tiny_model_dir), 8).encode(["헐", "밤길이 너무 무서워요 " * 5])
+    assert pickle.loads(pickle.dumps(encoded)) == encoded
+    assert [e.truncated for e in encoded] == [False, True]
+
+
 # --- truncation ---------------------------------------------------------------------------------------------------
 def _long_texts() -> list[str]:
     from gamjeong.samples import sample_texts
