@@ -26,7 +26,11 @@ def export_command(
     quantize: str = typer.Option(
         None, "--quantize", help="int8, fp16 or none (fp32). Default: int8 for CPU targets, fp16 for cuda."
     ),
-    optimize: str = typer.Option("none", "--optimize", help="Optimum graph optimisation: none, O1, O2, O3, O4 (GPU)."),
+    optimize: str = typer.Option(
+        None,
+        "--optimize",
+        help="Optimum graph optimisation: none, O1, O2, O3, O4 (fp16 for CUDA). Default: O4 for fp16 on cuda, else none.",
+    ),
     target: str = typer.Option("auto", "--target", help="auto, avx512_vnni, avx2, arm64 or cuda."),
     calibration_data: Path = typer.Option(
         None, "--calibration-data", help="Texts (CSV/TSV/JSONL/XLSX with a text column) for static int8."

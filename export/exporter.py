@@ -54,8 +54,8 @@ class ExportConfig(BaseModel):
     quantize: Literal["int8", "fp16", "none"] | None = Field(
         None, description="int8 (default for CPU targets), fp16 (default for cuda) or none (fp32)."
     )
-    optimize: Literal["none", "O1", "O2", "O3", "O4"] = Field(
-        "none", description="Optimum graph optimisation level; O4 (fp16) needs a CUDA GPU."
+    optimize: Literal["none", "O1", "O2", "O3", "O4"] | None = Field(
+        None, description="Optimum graph optimisation level; default O4 (fp16 + fusions) for cuda, none otherwise."
     )
     target: Target = Field("auto", description="Hardware the int8 settings are chosen for; auto inspects this one.")
     calibration_data: Path | None = Field(None, description="Texts for static int8 calibration (else dynamic).")
@@ -96,6 +96,14 @@ class ExportConfig(BaseModel):
             return self.quantize
         return "fp16" if target.name == "cuda" else "int8"
 
+    def optimization_level(self, target: ResolvedTarget, mode: str) -> str:
+        """The level asked for, else O4 for fp16 on CUDA: its fused Attention/SkipLayerNorm/FastGelu replace the
+        int64 shape arithmetic ONNX Runtime would otherwise run on the CPU between GPU kernels
+        (docs/cuda-and-tokenisation.md), else none."""
+        if self.optimize is not None:
+            return self.optimize
+        return "O4" if target.name == "cuda" and mode == "fp16" else "none"
+
     def gate_settings(self, mode: str) -> GateSettings:
         """The gate's rule for this precision: quality and confident agreement for int8, agreement otherwise."""
         floor = self.parity_threshold if self.parity_threshold is not None else DEFAULT_PARITY_THRESHOLDS[mode]
@@ -129,8 +137,6 @@ def _check_output(config: ExportConfig) -> Path:
 
 
 def _check_settings(config: ExportConfig, target: ResolvedTarget, mode: str) -> None:
-    from gamjeong.onnx_runtime import cuda_available
-
     if mode == "int8" and target.name not in CPU_TARGETS:
         raise GamjeongError(
             f"int8 quantisation is for CPU targets ({', '.join(CPU_TARGETS)}); use --quantize fp16 or none "
@@ -140,14 +146,12 @@ def _check_settings(config: ExportConfig, target: ResolvedTarget, mode: str) -> 
         raise GamjeongError(
             f"fp16 models are for CUDA GPUs; use --quantize int8 or none for the CPU target {target.name}."
         )
-    if config.optimize == "O4":
-        if not cuda_available():
-            raise GamjeongError(
-                "--optimize O4 (fp16 with GPU-only fusions) needs a CUDA GPU with onnxruntime-gpu; "
-                "use O1, O2 or O3 on this machine."
-            )
-        if mode != "fp16":
-            raise GamjeongError("--optimize O4 converts the model to fp16; use it with --quantize fp16 (or O3).")
+    if config.optimize == "O4" and (mode != "fp16" or target.name != "cuda"):
+        # O4 itself builds without a GPU (Optimum's fusions are graph rewrites; see _build), but its model is for one
+        raise GamjeongError(
+            "--optimize O4 makes an fp16 model for CUDA GPUs; use it with --target cuda --quantize fp16 "
+            f"(this export is {mode} for {target.name}), or use O1, O2 or O3."
+        )
     if config.calibration_data is not None and mode != "int8":
         raise GamjeongError("--calibration-data is for static int8 quantisation; use it with --quantize int8.")
 
@@ -290,7 +294,8 @@ def export_model(config: ExportConfig, report: Report | None = None) -> Path:
     mode_hint = config.quantize
     target = resolve_target(config.target, quantize=mode_hint)
     mode = config.quantization_mode(target)
-    say(f"target: {target.describe()}; quantisation: {mode}; optimisation: {config.optimize}")
+    level = config.optimization_level(target, mode)
+    say(f"target: {target.describe()}; quantisation: {mode}; optimisation: {level}")
     _check_settings(config, target, mode)
     model, tokenizer, weights = _load_source(config.model)
     model_dir = config.model.expanduser().resolve()
@@ -302,7 +307,7 @@ def export_model(config: ExportConfig, report: Report | None = None) -> Path:
         raise _write_error(exc, output) from exc
     try:
         with _quiet_libraries():
-            manifest = _build(config, model_dir, model, tokenizer, weights, target, mode, scratch, say)
+            manifest = _build(config, model_dir, model, tokenizer, weights, target, mode, level, scratch, say)
         _publish(scratch / "final", output, scratch)
     except OSError as exc:
         raise _write_error(exc, output) from exc
@@ -355,6 +360,7 @@ def _build(
     weights: Path,
     target: ResolvedTarget,
     mode: str,
+    level: str,
     scratch: Path,
     say: Report,
 ) -> Manifest:
@@ -373,11 +379,13 @@ def _build(
     say(f"exported fp32 ONNX with Optimum in {timings['export_s']:.1f} s")
 
     optimization: dict[str, object] = {"level": "none"}
-    if config.optimize != "none" or mode == "fp16":
+    if level != "none" or mode == "fp16":
+        if target.name == "cuda" and not cuda_available():
+            # ONNX Runtime's own level-2 pass is skipped without the CUDA provider (its optimizer logs "There is no
+            # gpu"); Optimum's fusions still apply, and a CUDA session runs that pass when it loads the model.
+            say("note: no CUDA GPU here: Optimum's fusions are applied, ONNX Runtime's CUDA ones when the model loads")
         start = time.perf_counter()
-        onnx_path, optimization = _optimize(
-            onnx_path, work, config.optimize, fp16=mode == "fp16", for_gpu=target.name == "cuda"
-        )
+        onnx_path, optimization = _optimize(onnx_path, work, level, fp16=mode == "fp16", for_gpu=target.name == "cuda")
         timings["optimize_s"] = round(time.perf_counter() - start, 3)
         fp16_note = " with fp16 conversion" if mode == "fp16" else ""
         say(f"optimised at level {optimization['level']}{fp16_note} in {timings['optimize_s']:.1f} s")

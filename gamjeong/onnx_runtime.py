@@ -87,11 +87,14 @@ def create_session(
     inter_op_threads: int | None = None,
     graph_optimization: GraphOptimization = "all",
     intra_op_spinning: bool | None = None,
+    optimized_model_path: str | Path | None = None,
 ):
     """An InferenceSession with the providers, thread counts and graph optimisation level chosen here.
 
     Thread counts of None or 0 let ONNX Runtime use one thread per physical core; `graph_optimization="all"` applies
     ONNX Runtime's own fusions at load time (an exported model needs no pre-optimisation to get them).
+    `optimized_model_path` saves the graph as the session runs it (after partitioning: with the Memcpy nodes a CUDA
+    session adds), for `placement_report`.
     """
     import onnxruntime as ort
 
@@ -112,6 +115,8 @@ def create_session(
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[graph_optimization]
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
     if inter_op_threads:
@@ -151,3 +156,28 @@ def create_session(
         inter_op_threads or "auto",
     )
     return session
+
+
+def placement_report(model_path: str | Path, *, provider: ProviderChoice | str = "auto") -> dict[str, object]:
+    """What a session on `provider` makes of the model: its node count by operator once ONNX Runtime has optimised and
+    partitioned it, and how many Memcpy nodes it added. On CUDA those are the host<->device copies around the shape
+    arithmetic ONNX Runtime places on the CPU (each one a copy and a stream sync per call, and no CUDA graph while any
+    is left); on the CPU there are none. docs/cuda-and-tokenisation.md says what they were on which export."""
+    import tempfile
+    from collections import Counter
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="gamjeong-placement-") as scratch:
+        saved = Path(scratch) / "optimized.onnx"
+        session = create_session(model_path, provider=provider, optimized_model_path=saved)
+        graph = onnx.load(str(saved), load_external_data=False).graph
+    operators = Counter(node.op_type for node in graph.node)
+    memcpy = {op: n for op, n in operators.items() if op.startswith("Memcpy")}
+    return {
+        "provider": session.get_providers()[0],
+        "nodes": sum(operators.values()),
+        "memcpy_nodes": sum(memcpy.values()),
+        "memcpy": memcpy,
+        "operators": dict(operators.most_common()),
+    }

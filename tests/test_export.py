@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import KOREAN_SENTENCES, korean_rows
 from typer.testing import CliRunner
@@ -175,6 +176,10 @@ def test_fp16_export_runs_its_parity_on_cpu_without_a_gpu(tiny_model_dir: Path, 
     assert manifest["quantization"]["mode"] == "fp16"
     assert manifest["target"]["name"] == "cuda"
     assert manifest["optimization"]["fp16"] is True
+    # fp16 for CUDA defaults to O4: the fused attention replaces the shape arithmetic ONNX Runtime puts on the CPU
+    assert (manifest["optimization"]["level"], manifest["optimization"]["requested"]) == ("O4", "O4")
+    ops = {node.op_type for node in onnx.load(str(path / "model.onnx")).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops and "ConstantOfShape" not in ops, ops
     assert manifest["parity"]["passed"] is True
     assert load_predictor(path).backend.startswith("onnx-fp16")
 
@@ -424,14 +429,23 @@ def test_each_cpu_target_gets_its_optimum_preset(target: str, weights: str) -> N
         int8_quantization_config("cuda", is_static=False, per_channel=False)
 
 
-def test_o4_needs_a_gpu(trained_dir: Path, tmp_path: Path) -> None:
-    from gamjeong.onnx_runtime import cuda_available
-
-    if cuda_available():
-        pytest.skip("this machine has CUDA")
-    result = _run_cli("--model", str(trained_dir), "--output", str(tmp_path / "o4"), "--optimize", "O4")
+@pytest.mark.parametrize("flags", [["--target", "avx2"], ["--target", "cuda", "--quantize", "none"]])
+def test_o4_is_for_fp16_on_cuda(flags: list[str], trained_dir: Path, tmp_path: Path) -> None:
+    result = _run_cli("--model", str(trained_dir), "--output", str(tmp_path / "o4"), "--optimize", "O4", *flags)
     assert result.exit_code == 2
     assert "O4" in _error_line(result) and "CUDA" in _error_line(result)
+
+
+def test_the_optimisation_default_is_o4_for_fp16_on_cuda_only() -> None:
+    from gamjeong.export.exporter import ExportConfig
+    from gamjeong.export.targets import ResolvedTarget
+
+    cuda, avx2 = ResolvedTarget("cuda", "cuda", "test"), ResolvedTarget("avx2", "avx2", "test")
+    config = ExportConfig(model=Path("m"), output=Path("o"))
+    assert config.optimization_level(cuda, "fp16") == "O4"
+    assert config.optimization_level(cuda, "none") == "none"
+    assert config.optimization_level(avx2, "int8") == "none"
+    assert ExportConfig(model=Path("m"), output=Path("o"), optimize="O1").optimization_level(cuda, "fp16") == "O1"
 
 
 # --- `gamjeong evaluate` takes an exported directory through the same code path ---------------------------------
