@@ -96,6 +96,8 @@ def _child_setup(parent: int) -> None:
     """A child ignores the terminal's Ctrl-C (the supervisor turns it into an ordered stop) and ends itself if the
     supervisor dies without stopping it (SIGKILL, a crash)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # N front ends tokenising at once: one tokenizer thread each, not a pool of one thread per core in every process.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def watch() -> None:
         while os.getppid() == parent:
