@@ -28,6 +28,7 @@ from gamjeong.server.engine_link import EngineLink, TokenizingPredictor, connect
 from gamjeong.server.metrics import ServerMetrics
 from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server
 from gamjeong.server.settings import ServerSettings
+from gamjeong.server.tracing import start_tracing
 
 if TYPE_CHECKING:
     from gamjeong.server.batcher import DynamicBatcher
@@ -60,7 +61,10 @@ class GamjeongServer:
     ) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
-        self.engine = None if engine_socket else InferenceEngine(settings, self.metrics, predictor_factory)
+        self.tracing = start_tracing(settings)  # None unless --otel or OTEL_* (server/tracing.py)
+        self.engine = (
+            None if engine_socket else InferenceEngine(settings, self.metrics, predictor_factory, self.tracing)
+        )
         self._engine_socket = engine_socket
         self._shared_port = shared_port
         self._link: EngineLink | None = None
@@ -70,6 +74,7 @@ class GamjeongServer:
         # "Already borrowed"); it is fast enough, and the model thread is where the time goes.
         self._tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-tokenizer")
         self.servicer = EmotionClassifierServicer(settings, self.metrics, self._tokenizer_executor)
+        self.servicer.tracing = self.tracing
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -222,6 +227,7 @@ class GamjeongServer:
         """Connect to the engine process and take its model's description; tokenise with the model's tokenizer."""
         assert self._engine_socket is not None
         link = await connect_engine(self._engine_socket, on_lost=self._engine_lost)
+        link.tracing = self.tracing
         model_info, max_length = await link.welcome()
         if self._tokenizing is None or self._tokenizing.max_length != max_length:
             self._tokenizing = TokenizingPredictor.from_dir(self.settings.model, max_length)
@@ -286,6 +292,8 @@ class GamjeongServer:
             self._link.transport.close()
         self.metrics.stop_http()
         self._tokenizer_executor.shutdown(wait=False, cancel_futures=True)
+        if self.tracing is not None:  # the last spans, within what is left of the grace period (2 s at most)
+            await loop.run_in_executor(None, self.tracing.close().join, min(2.0, max(0.1, deadline - loop.time())))
         log.info("stopped")
 
     async def serve_until_signalled(
