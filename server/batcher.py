@@ -335,7 +335,7 @@ class DynamicBatcher:
         assert self._tracing is not None
         lengths = [len(item.encoded.input_ids) for item in group]
         self._tracing.record_batch(
-            ((item.trace, item.enqueued_ns) for item in group),  # type: ignore[misc]
+            [(item.trace, item.enqueued_ns) for item in group],  # type: ignore[misc]
             started_ns,
             time.perf_counter_ns(),
             batch_size=len(group),
