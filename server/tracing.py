@@ -192,7 +192,7 @@ class Tracing:
         self._stop = threading.Event()
         self._recorder = threading.Thread(target=self._record_forever, name="gamjeong-tracing", daemon=True)
         self._recorder.start()
-        log.info("tracing on", extra={"process": role, "exporter_pid": self._exporter.pid})
+        log.info("tracing on", extra={"role": role, "exporter_pid": self._exporter.pid})
 
     # --- the request side (server/service.py): ids and times only -------------------------------------------------
     def start_request(self, service: str, method: str, context: Any) -> RequestSpan:
@@ -400,8 +400,12 @@ def _export_forever(pipe: Connection, role: str) -> None:
         elif kind == "close":
             timeout_s = message[1]
             break
-    provider.force_flush(int(timeout_s * 1000))
-    provider.shutdown()
+    # The last spans, for `timeout_s` at most: an unreachable collector would have the exporter retry for longer.
+    last = threading.Thread(target=lambda: (provider.force_flush(int(timeout_s * 1000)), provider.shutdown()))
+    last.daemon = True
+    last.start()
+    last.join(timeout_s)
+    os._exit(0)
 
 
 class _SpanMaker:
