@@ -34,6 +34,7 @@ from gamjeong.server.oip import add_oip_to_server, reflection_pool
 from gamjeong.server.reload import ModelReloader, ReloadFailedError, ReloadInProgressError, ReloadOutcome
 from gamjeong.server.service import SERVICE_NAME, EmotionClassifierServicer, add_to_server
 from gamjeong.server.settings import ServerSettings
+from gamjeong.server.tracing import start_tracing
 
 if TYPE_CHECKING:
     from gamjeong.server.batcher import DynamicBatcher
@@ -66,7 +67,10 @@ class GamjeongServer:
     ) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
-        self.engine = None if engine_socket else InferenceEngine(settings, self.metrics, predictor_factory)
+        self.tracing = start_tracing(settings)  # None unless --otel or OTEL_* (server/tracing.py)
+        self.engine = (
+            None if engine_socket else InferenceEngine(settings, self.metrics, predictor_factory, self.tracing)
+        )
         self._engine_socket = engine_socket
         self._shared_port = shared_port
         self._predictor_factory = predictor_factory
@@ -79,6 +83,7 @@ class GamjeongServer:
         # "Already borrowed"); it is fast enough, and the model thread is where the time goes.
         self._tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamjeong-tokenizer")
         self.servicer = EmotionClassifierServicer(settings, self.metrics, self._tokenizer_executor)
+        self.servicer.tracing = self.tracing
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -260,6 +265,7 @@ class GamjeongServer:
         """Connect to the engine process and take its model's description; tokenise with the model's tokenizer."""
         assert self._engine_socket is not None
         link = await connect_engine(self._engine_socket, on_lost=self._engine_lost, on_model=self._engine_model)
+        link.tracing = self.tracing
         self._link = link
         return self._engine_attachment(await link.welcome())
 
@@ -337,6 +343,8 @@ class GamjeongServer:
             self._link.transport.close()
         self.metrics.stop_http()
         self._tokenizer_executor.shutdown(wait=False, cancel_futures=True)
+        if self.tracing is not None:  # the last spans, within what is left of the grace period (2 s at most)
+            await loop.run_in_executor(None, self.tracing.close().join, min(2.0, max(0.1, deadline - loop.time())))
         log.info("stopped")
 
     def _reload_on_signal(self) -> None:

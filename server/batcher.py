@@ -27,13 +27,16 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from gamjeong.predictor import EncodedText, Predictor
 from gamjeong.server.grouping import CallCost, group_by_length, plan_groups
 from gamjeong.server.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from gamjeong.server.tracing import Tracing
 
 __all__ = ["DynamicBatcher", "TextOutcome", "group_by_length", "instance_executors"]
 
@@ -75,6 +78,7 @@ class _Queued:
     future: asyncio.Future[TextOutcome]
     enqueued_ns: int
     deadline: float | None  # event-loop time, None for no deadline
+    trace: object | None = None  # the calling request's span context, when traced (server/tracing.py)
 
 
 def instance_executors(count: int) -> list[ThreadPoolExecutor]:
@@ -102,6 +106,7 @@ class DynamicBatcher:
         sort_window: int = 128,
         solo: tuple[Predictor, Executor] | None = None,
         model_version: str = "",
+        tracing: Tracing | None = None,
     ) -> None:
         # Instance 0 is (predictor, executor); `more_instances` are the others, each its own session and thread.
         self._predictors: list[Predictor] = [predictor, *(p for p, _ in more_instances)]
@@ -118,6 +123,7 @@ class DynamicBatcher:
         self.sort_window = max(sort_window, max_batch_size) if self.grouping == "cost" else max_batch_size
         self._solo = solo
         self.model_version = model_version
+        self._tracing = tracing
         self._metrics = metrics
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -146,9 +152,10 @@ class DynamicBatcher:
         return len(self._queue)
 
     def submit(
-        self, encoded: Sequence[EncodedText], deadline: float | None = None
+        self, encoded: Sequence[EncodedText], deadline: float | None = None, trace: object | None = None
     ) -> list[asyncio.Future[TextOutcome]]:
-        """Queue the texts of one call; all or none. Raises QueueFullError or BatcherStoppedError."""
+        """Queue the texts of one call; all or none. Raises QueueFullError or BatcherStoppedError. `trace`: the
+        call's span context when it comes from another process (else, when tracing, the current one is taken)."""
         if self._stopped:
             raise BatcherStoppedError
         if len(self._queue) + len(encoded) > self.max_queue_size:
@@ -157,10 +164,12 @@ class DynamicBatcher:
                 raise QueueFullError
         loop = asyncio.get_running_loop()
         now = time.perf_counter_ns()
+        if self._tracing is not None and trace is None:
+            trace = self._tracing.current()
         futures = []
         for item in encoded:
             future: asyncio.Future[TextOutcome] = loop.create_future()
-            self._queue.append(_Queued(item, future, now, deadline))
+            self._queue.append(_Queued(item, future, now, deadline, trace))
             futures.append(future)
         self._metrics.queue_depth.set(len(self._queue))
         self._wakeup.set()
@@ -323,9 +332,28 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self._tracing is not None:
+                self._trace(group, started_ns, instance, exc)
             self._fail(group, exc, instance)
             return
+        if self._tracing is not None:
+            self._trace(group, started_ns, instance)
         self._deliver(group, probabilities, started_ns)
+
+    def _trace(self, group: list[_Queued], started_ns: int, instance: int | str, exc: Exception | None = None) -> None:
+        """The model call's span and its requests' queue spans (server/tracing.py)."""
+        assert self._tracing is not None
+        lengths = [len(item.encoded.input_ids) for item in group]
+        self._tracing.record_batch(
+            [(item.trace, item.enqueued_ns) for item in group],  # type: ignore[misc]
+            started_ns,
+            time.perf_counter_ns(),
+            batch_size=len(group),
+            padded_tokens=len(group) * max(lengths),
+            real_tokens=sum(lengths),
+            instance=instance,
+            error=exc,
+        )
 
     @staticmethod
     def _fail(group: list[_Queued], exc: Exception, instance: int | str) -> None:

@@ -27,6 +27,7 @@ from gamjeong.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from gamjeong.api.v1 import emotion_pb2 as pb
+    from gamjeong.server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,11 @@ class InferenceEngine:
         settings: ServerSettings,
         metrics: ServerMetrics,
         predictor_factory: Callable[[], Predictor] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing
         # A given factory (tests, embedding) makes its own predictors: the automatic layout is for the default one.
         self.layout = plan_layout(settings, onnx_on_cpu=None if predictor_factory is None else False)
         self._predictor_factory = predictor_factory or default_predictor_factory(settings, self.layout.threads)
@@ -144,6 +147,7 @@ class InferenceEngine:
             sort_window=self.settings.sort_window,
             solo=None if solo is None or self._solo_executor is None else (solo, self._solo_executor),
             model_version=model_info.model_version,
+            tracing=self.tracing,
         )
         batcher.start()
         self.predictor, self.batcher = predictor, batcher

@@ -11,7 +11,8 @@ user can enter (server/workers.py), and only our own processes connect to it.
     front end -> engine   ("hello",)
                           ("reload",)                       ModelAdmin.ReloadModel, answered by "reloaded"
                           ("submit", ids int64[n], calls int32[m] (texts per call), lengths int32[n],
-                                     token ids int32[sum(lengths)], seconds left per call float64[m] (nan: none))
+                                     token ids int32[sum(lengths)], seconds left per call float64[m] (nan: none)
+                                     [, span context per call uint64[m, 4], when tracing: server/tracing.py])
                           ("cancel", ids int64[k])          texts whose call went away: the batcher drops them
     engine -> front end   ("model", ModelInfo bytes, max input length, model directory)   on hello, and after a reload
                           ("reloaded", ok, changed, previous version, message)
@@ -44,6 +45,7 @@ from gamjeong.server.batcher import (
     QueueFullError,
     TextOutcome,
 )
+from gamjeong.server.tracing import Tracing
 
 if TYPE_CHECKING:
     from gamjeong.server.engine import Attachment
@@ -161,19 +163,26 @@ class EngineEndpoint(_Framed):
             self.send(("reloaded", True, outcome.changed, outcome.previous_version, ""))
 
     def _submit(
-        self, ids: np.ndarray, calls: np.ndarray, lengths: np.ndarray, tokens: np.ndarray, seconds_left: np.ndarray
+        self,
+        ids: np.ndarray,
+        calls: np.ndarray,
+        lengths: np.ndarray,
+        tokens: np.ndarray,
+        seconds_left: np.ndarray,
+        traces: np.ndarray | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         first = 0
-        for count, left in zip(calls.tolist(), seconds_left.tolist(), strict=True):
+        for call, (count, left) in enumerate(zip(calls.tolist(), seconds_left.tolist(), strict=True)):
             call_ids = ids[first : first + count].tolist()
             encoded = [EncodedText(tokens[offsets[i] : offsets[i + 1]], False) for i in range(first, first + count)]
             first += count
+            trace = None if traces is None else Tracing.from_wire(traces[call])
             try:
-                futures = self._batcher.submit(encoded, None if left != left else now + left)  # nan: no deadline
+                futures = self._batcher.submit(encoded, None if left != left else now + left, trace)  # nan: none
             except (QueueFullError, BatcherStoppedError) as exc:
                 kind = "queue_full" if isinstance(exc, QueueFullError) else "stopped"
                 self._errors.extend((text_id, kind, "") for text_id in call_ids)
@@ -323,11 +332,12 @@ class EngineLink(_Framed):
         self._reloads: list[asyncio.Future[tuple[Any, ...]]] = []
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future[TextOutcome]] = {}
-        self._outgoing: list[tuple[list[int], Sequence[EncodedText], float]] = []
+        self._outgoing: list[tuple[list[int], Sequence[EncodedText], float, object | None]] = []
         self._cancelled: list[int] = []
         self._flush_scheduled = False
         self._welcome: asyncio.Future[EngineModel] = asyncio.get_running_loop().create_future()
         self.connected = False
+        self.tracing: Tracing | None = None  # set by the front end when tracing: each call's span context goes along
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -361,7 +371,8 @@ class EngineLink(_Framed):
             self._pending[text_id] = future
             futures.append(future)
         seconds_left = float("nan") if deadline is None else deadline - loop.time()
-        self._outgoing.append((ids, encoded, seconds_left))
+        trace = None if self.tracing is None else self.tracing.current()
+        self._outgoing.append((ids, encoded, seconds_left, trace))
         self._schedule_flush()
         return futures
 
@@ -379,18 +390,19 @@ class EngineLink(_Framed):
         self._flush_scheduled = False
         if self._outgoing:
             calls, self._outgoing = self._outgoing, []
-            ids = [i for call_ids, _, _ in calls for i in call_ids]
-            texts = [np.asarray(e.input_ids, dtype=np.int32) for _, encoded, _ in calls for e in encoded]
-            self.send(
-                (
-                    "submit",
-                    np.array(ids, dtype=np.int64),
-                    np.array([len(call_ids) for call_ids, _, _ in calls], dtype=np.int32),
-                    np.array([len(t) for t in texts], dtype=np.int32),
-                    np.concatenate(texts),
-                    np.array([left for _, _, left in calls], dtype=np.float64),
-                )
+            ids = [i for call_ids, _, _, _ in calls for i in call_ids]
+            texts = [np.asarray(e.input_ids, dtype=np.int32) for _, encoded, _, _ in calls for e in encoded]
+            message = (
+                "submit",
+                np.array(ids, dtype=np.int64),
+                np.array([len(call_ids) for call_ids, _, _, _ in calls], dtype=np.int32),
+                np.array([len(t) for t in texts], dtype=np.int32),
+                np.concatenate(texts),
+                np.array([left for _, _, left, _ in calls], dtype=np.float64),
             )
+            if self.tracing is not None:
+                message += (Tracing.to_wire([trace for _, _, _, trace in calls]),)  # type: ignore[misc]
+            self.send(message)
         if self._cancelled:
             cancelled, self._cancelled = self._cancelled, []
             self.send(("cancel", np.array(cancelled, dtype=np.int64)))

@@ -112,7 +112,10 @@ class ModelReloader:
         target = Path(self.settings.model).expanduser().resolve()
         log.info("reloading the model", extra={"trigger": trigger, "path": str(target)})
         engine = InferenceEngine(
-            self.settings.model_copy(update={"model": target}), self.metrics, self._predictor_factory
+            self.settings.model_copy(update={"model": target}),
+            self.metrics,
+            self._predictor_factory,
+            tracing=self.engine.tracing,  # the new model's queue and model spans go where the old one's went
         )
         try:
             attachment = await engine.load()

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -40,6 +40,9 @@ from gamjeong.server.status import (
     status_of,
 )
 from gamjeong.server.validation import check_chat_ids, check_truncation_value, is_blank
+
+if TYPE_CHECKING:
+    from gamjeong.server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,7 @@ def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
     async def observing(self: EmotionClassifierServicer, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         """One place for both call shapes: readiness check, status code of every way a call can end, metrics."""
         started, code = time.perf_counter(), grpc.StatusCode.OK
+        traced = None if self.tracing is None else self.tracing.start_request(SERVICE_NAME, method, context)
         try:
             self.check_ready()
             yield
@@ -149,6 +153,8 @@ def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             code, message = known or internal_error(exc)
             await context.abort(code, message)
         finally:
+            if traced is not None:
+                traced.end(code)
             self.metrics.requests.labels(method=method, code=code.name).inc()
             self.metrics.request_latency.labels(method=method).observe(time.perf_counter() - started)
 
@@ -189,6 +195,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
         self.batcher: TextQueue | None = None  # the DynamicBatcher, or a front end's link to the engine process
         self.model_info: pb.ModelInfo | None = None
         self.cache: ResultCache | None = None
+        self.tracing: Tracing | None = None  # OpenTelemetry spans of each call (server/tracing.py), when on
 
     def attach(
         self,
@@ -246,7 +253,10 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             encoded = await asyncio.get_running_loop().run_in_executor(
                 self._tokenizer_executor, predictor.encode, list(texts)
             )
-        return encoded, time.perf_counter_ns() - started
+        ended = time.perf_counter_ns()
+        if self.tracing is not None:
+            self.tracing.record_tokenize(started, ended, len(texts))
+        return encoded, ended - started
 
     def _check_truncation(
         self, encoded: Sequence[EncodedText], options: RequestOptions, where: Callable[[int], str], max_length: int

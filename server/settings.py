@@ -112,6 +112,11 @@ class ServerSettings(BaseSettings):
         0, ge=0, le=10_000_000, description="Entries in the LRU of results for repeated texts (0: off)."
     )
 
+    # OpenTelemetry traces of every call over OTLP/gRPC (server/tracing.py); where to: the standard OTEL_* variables.
+    otel: bool | None = Field(
+        None, description="Export OpenTelemetry traces over OTLP/gRPC (unset: on when OTEL_* variables ask for it)."
+    )
+
     tls_cert: Path | None = Field(None, description="PEM server certificate (with --tls-key: serve TLS).")
     tls_key: Path | None = Field(None, description="PEM private key of the server certificate.")
     tls_client_ca: Path | None = Field(None, description="PEM CA that client certificates must chain to (mutual TLS).")

@@ -130,11 +130,13 @@ async def _engine_main(settings: ServerSettings, socket_path: str, events: Conne
     from gamjeong.server.engine_link import EngineServer, serve_engine
     from gamjeong.server.metrics import ServerMetrics
     from gamjeong.server.reload import ModelReloader
+    from gamjeong.server.tracing import start_tracing
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    engine = InferenceEngine(settings, ServerMetrics())
+    tracing = start_tracing(settings, role="engine")  # the queue and model spans are written here
+    engine = InferenceEngine(settings, ServerMetrics(), tracing=tracing)
     load = asyncio.ensure_future(engine.load())
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -163,6 +165,8 @@ async def _engine_main(settings: ServerSettings, socket_path: str, events: Conne
     server.close()
     await reloader.stop()
     await reloader.engine.stop()
+    if tracing is not None:
+        await loop.run_in_executor(None, tracing.close().join, 2.0)
     log.info("engine stopped")
 
 

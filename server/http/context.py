@@ -9,7 +9,7 @@ limits, batcher, result building, metrics.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -45,10 +45,21 @@ class CallAborted(grpc.aio.AbortError):
 class HttpCallContext:
     """The part of grpc.aio.ServicerContext the servicer uses, for one HTTP request or one WebSocket."""
 
-    def __init__(self, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        timeout_s: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        http_route: tuple[str, str] | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._deadline = None if timeout_s is None else self._loop.time() + timeout_s
         self._code: grpc.StatusCode | None = None
+        # Read only when tracing (server/tracing.py): the caller's traceparent, and (method, route) to name the span.
+        self._headers = headers
+        self.http_route = http_route
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return () if self._headers is None else tuple(self._headers.items())
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - self._loop.time())
@@ -61,13 +72,19 @@ class HttpCallContext:
         return self._code
 
 
-async def call_unary(method: Callable[[Any, Any], Awaitable[T]], request: Any, timeout_s: float | None) -> T:
+async def call_unary(
+    method: Callable[[Any, Any], Awaitable[T]],
+    request: Any,
+    timeout_s: float | None,
+    headers: Mapping[str, str] | None = None,
+    http_route: tuple[str, str] | None = None,
+) -> T:
     """Run one unary RPC method of the servicer for an HTTP request; a failure becomes HttpError.
 
     With a timeout the call is cancelled when it passes, as gRPC cancels a handler at its deadline; the servicer's
     observer then counts it DEADLINE_EXCEEDED and the batcher drops its texts.
     """
-    context = HttpCallContext(timeout_s)
+    context = HttpCallContext(timeout_s, headers, http_route)
     try:
         if timeout_s is None:
             return await method(request, context)

@@ -187,7 +187,9 @@ def create_app(state: ServingState) -> FastAPI:
         except ValueError:  # a lone surrogate (valid JSON escape, not UTF-8): what gRPC refuses as undecodable
             state.count(request.url.path, grpc.StatusCode.INVALID_ARGUMENT)
             raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "A text is not valid Unicode; send UTF-8 text.") from None
-        response = await call_unary(servicer.Classify, message, _timeout_of(request))
+        response = await call_unary(
+            servicer.Classify, message, _timeout_of(request), request.headers, ("POST", "/v1/classify")
+        )
         assert servicer.model_info is not None  # Classify succeeded, so the model is loaded
         return JSONResponse(
             {
@@ -199,7 +201,9 @@ def create_app(state: ServingState) -> FastAPI:
 
     @app.get("/v1/info", dependencies=[Depends(require_token)], summary="What is served (gRPC: GetModelInfo)")
     async def info(request: Request) -> JSONResponse:
-        answer = await call_unary(servicer.GetModelInfo, pb.GetModelInfoRequest(), _timeout_of(request))
+        answer = await call_unary(
+            servicer.GetModelInfo, pb.GetModelInfoRequest(), _timeout_of(request), request.headers, ("GET", "/v1/info")
+        )
         return JSONResponse(info_json(answer, state.quality(answer.model_version)))
 
     @app.get("/healthz", summary="Liveness: the process answers")

@@ -50,7 +50,8 @@ async def serve_chat(websocket: WebSocket, state: ServingState) -> None:
 
     if not await _authenticate(websocket, state, send):
         return
-    replies = state.servicer.ClassifyChat(_incoming(websocket, send), HttpCallContext())
+    context = HttpCallContext(headers=websocket.headers, http_route=("GET", "/v1/chat"))
+    replies = state.servicer.ClassifyChat(_incoming(websocket, send), context)
     try:
         async for reply in replies:
             if not await send(chat_json(reply)):
