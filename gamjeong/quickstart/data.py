@@ -43,7 +43,7 @@ class TrainingMix:
     kote_test_cap: int  # per class, from KOTE's test file: the held-out KOTE part of the yardstick
 
 
-MIX = TrainingMix(goemotions_train_cap=PER_CLASS_CAP, kote_train_cap=400, kote_validation=0.1, kote_test_cap=300)
+MIX = TrainingMix(goemotions_train_cap=PER_CLASS_CAP, kote_train_cap=200, kote_validation=0.1, kote_test_cap=300)
 
 
 def _subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gamjeong.errors import QualityGateError
+from gamjeong.quickstart.data import NATIVE_YARDSTICK
 from gamjeong.quickstart.display import quality_tables
 from gamjeong.quickstart.plan import UNTRAINED_MARK, BaseChoice, QuickstartConfig, TrainingBudget
 
@@ -185,6 +186,12 @@ def quality_stage(export_dir: Path, heldout: dict[str, str], untrained: bool, ui
         }
         for name, m in results.items()
     }
+    native, translated = quality.get(NATIVE_YARDSTICK), quality.get("GoEmotions-Korean")
+    if native and translated:
+        ui.say(
+            f"native Korean (KOTE comments and the samples, held out): macro-F1 {native['macro_f1']:.3f} vs "
+            f"GoEmotions-Korean (machine-translated Reddit): {translated['macro_f1']:.3f}"
+        )
     if quality:
         write_served_quality(export_dir, quality, predictor.backend, untrained)
     return quality
