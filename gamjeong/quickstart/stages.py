@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gamjeong.errors import QualityGateError
+from gamjeong.quickstart.data import NATIVE_YARDSTICK
 from gamjeong.quickstart.display import quality_tables
 from gamjeong.quickstart.plan import UNTRAINED_MARK, BaseChoice, QuickstartConfig, TrainingBudget
 
@@ -176,7 +177,7 @@ def quality_stage(export_dir: Path, heldout: dict[str, str], untrained: bool, ui
     title = f"quality of the served model ({predictor.backend}) on held-out test data, never trained on"
     for table in quality_tables(results, title + (f" - {UNTRAINED_MARK}" if untrained else "")):
         ui.console.print(table)
-    return {
+    quality = {
         name: {
             "texts": m["num_examples"],
             "accuracy": round(m["accuracy"], 4),
@@ -185,6 +186,32 @@ def quality_stage(export_dir: Path, heldout: dict[str, str], untrained: bool, ui
         }
         for name, m in results.items()
     }
+    native, translated = quality.get(NATIVE_YARDSTICK), quality.get("GoEmotions-Korean")
+    if native and translated:
+        ui.say(
+            f"native Korean (KOTE comments and the samples, held out): macro-F1 {native['macro_f1']:.3f} vs "
+            f"GoEmotions-Korean (machine-translated Reddit): {translated['macro_f1']:.3f}"
+        )
+    if quality:
+        write_served_quality(export_dir, quality, predictor.backend, untrained)
+    return quality
+
+
+def write_served_quality(export_dir: Path, quality: dict[str, Any], backend: str, untrained: bool) -> None:
+    """The served model's own scores, as metrics.json of the exported directory: what the web page shows (the
+    trained directory's metrics.json is PyTorch's, before int8). The headline is the first held-out set."""
+    from gamjeong.artifacts import METRICS_FILE
+
+    headline, figures = next(iter(quality.items()))
+    document = {
+        "accuracy": figures["accuracy"],
+        "macro_f1": figures["macro_f1"],
+        "backend": backend,
+        "evaluated_on": f"{headline} held-out test, {figures['texts']:,} texts",
+        "heldout": {name: {k: v for k, v in f.items() if k != "per_class_f1"} for name, f in quality.items()},
+        "untrained": untrained,
+    }
+    (export_dir / METRICS_FILE).write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 # --- stage 6: latency -------------------------------------------------------------------------------------------------

@@ -138,12 +138,14 @@ def _scores(record: dict[str, Any], untrained_mark: object, source: str) -> dict
     macro_f1, accuracy = record.get("macro_f1"), record.get("accuracy")
     if not isinstance(macro_f1, int | float):
         return None
+    # Which model scored it and on which set, when the record says (the web page shows them beside the figure).
+    said = {key: record[key] for key in ("backend", "evaluated_on", "heldout") if record.get(key)}
     return {
         "macro_f1": round(float(macro_f1), 4),
         "accuracy": round(float(accuracy), 4) if isinstance(accuracy, int | float) else None,
         "untrained": bool(untrained_mark) or macro_f1 <= UNTRAINED_MACRO_F1,
         "quality_source": source,
-    }
+    } | {f"quality_{key}": value for key, value in said.items()}
 
 
 def model_quality(model_dir: Path) -> dict[str, Any]:

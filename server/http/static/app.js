@@ -41,8 +41,20 @@ async function loadInfo() {
     $("model-untrained").hidden = info.untrained !== true;
     const quality = $("model-quality");
     if (info.untrained === false && info.macro_f1 != null) {
-      quality.textContent = `macro-F1 ${info.macro_f1.toFixed(3)}`;
-      quality.title = `모델 자체 평가: 정확도 ${info.accuracy != null ? (info.accuracy * 100).toFixed(1) + "%" : "?"}`;
+      // Say which model scored it and on which set: a PyTorch figure is not the served int8 model's.
+      const scored = [info.quality_backend, info.quality_evaluated_on].filter(Boolean).join(", ");
+      const native = (info.quality_heldout || {})["native yardstick"];
+      quality.textContent =
+        `macro-F1 ${info.macro_f1.toFixed(3)}` +
+        (scored ? ` · ${scored}` : "") +
+        (native ? ` · native Korean ${Number(native.macro_f1).toFixed(3)}` : "");
+      const sets = Object.entries(info.quality_heldout || {}).map(
+        ([name, set]) => `${name}: macro-F1 ${Number(set.macro_f1).toFixed(3)} (${set.texts}문장)`,
+      );
+      quality.title = [
+        `모델 자체 평가: 정확도 ${info.accuracy != null ? (info.accuracy * 100).toFixed(1) + "%" : "?"}`,
+        ...sets,
+      ].join("\n");
       quality.className = "chip good";
       quality.hidden = false;
     } else if (info.untrained == null) {
