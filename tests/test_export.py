@@ -172,7 +172,11 @@ def test_fp16_export_runs_its_parity_on_cpu_without_a_gpu(tiny_model_dir: Path, 
     path = _export(tiny_model_dir, tmp_path / "fp16", quantize="fp16")  # no splits/: parity on the sample set
     manifest = _manifest(path)
     assert manifest["parity"]["source"].startswith("built-in Korean sample set")
-    assert manifest["parity"]["texts"] == len(load_samples())
+    # the whole sample set, or a seeded sample of --max-parity-texts of it (1,231 sentences since issue 22)
+    from gamjeong.export.exporter import ExportConfig
+
+    limit = ExportConfig.model_fields["max_parity_texts"].default
+    assert manifest["parity"]["texts"] == min(len(load_samples()), limit)
     assert manifest["quantization"]["mode"] == "fp16"
     assert manifest["target"]["name"] == "cuda"
     assert manifest["optimization"]["fp16"] is True
