@@ -86,6 +86,7 @@ class _Framed(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._flush_scheduled = False
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,6 +110,15 @@ class _Framed(asyncio.Protocol):
             self.transport.write(_frame(message))
 
     def handle(self, message: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+    def _schedule_flush(self) -> None:
+        """One frame per turn of the loop: what was submitted (or answered, a batch at once) during it goes together."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
         raise NotImplementedError
 
 
@@ -203,12 +213,6 @@ class EngineEndpoint(_Framed):
         else:
             self._errors.append((text_id, "failed", exc.__class__.__name__))
         self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        # One frame per turn of the loop: a batch's texts are all answered in the same turn.
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -380,11 +384,6 @@ class EngineLink(_Framed):
         if future.cancelled() and self._pending.pop(text_id, None) is not None:
             self._cancelled.append(text_id)  # the call went away: tell the engine to drop the text
             self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
