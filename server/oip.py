@@ -23,7 +23,7 @@ import numpy as np
 from gamjeong.api.inference import open_inference_grpc_pb2 as oip
 from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.labels import EMOTIONS, NUM_LABELS
-from gamjeong.server.service import EmotionClassifierServicer, _observed, _tolerant
+from gamjeong.server.service import EmotionClassifierServicer, observed, tolerant
 from gamjeong.server.status import RequestError, UndecodableRequest
 from gamjeong.versions import gamjeong_version
 
@@ -193,7 +193,7 @@ def _truncation(call: InferCall) -> int:
     return _TRUNCATION[value]
 
 
-@_observed("ModelInfer")
+@observed("ModelInfer")
 async def model_infer(
     classifier: EmotionClassifierServicer, parse: Callable[[], InferCall], context: Any
 ) -> InferAnswer:
@@ -203,11 +203,11 @@ async def model_infer(
     check_model(classifier, call.model_name, call.model_version)
     texts, outputs = _texts(call), _outputs(call)
     settings = classifier.settings
-    classifier._check_count(texts, settings.max_texts_per_request, "ModelInfer", "split them into several requests.")
+    classifier.check_count(texts, settings.max_texts_per_request, "ModelInfer", "split them into several requests.")
     for i, text in enumerate(texts):
-        classifier._check_text(text, f"{INPUT}[{i}]")
-    options = classifier._options(0, _truncation(call))
-    results = await classifier._classify(texts, options, context, lambda i: f"{INPUT}[{i}]")
+        classifier.check_text(text, f"{INPUT}[{i}]")
+    options = classifier.request_options(0, _truncation(call))
+    results = await classifier.classify(texts, options, context, lambda i: f"{INPUT}[{i}]")
     probabilities = np.zeros((len(results), NUM_LABELS), dtype=np.float32)
     for row, result in zip(probabilities, results, strict=True):
         for score in result.scores:  # all seven (top_k 0), highest first: put back in label-id order
@@ -215,7 +215,7 @@ async def model_infer(
     return InferAnswer(call.model_name, call.id, outputs, probabilities, [r.label for r in results])
 
 
-@_observed("ModelMetadata")
+@observed("ModelMetadata")
 async def _model_metadata(classifier: EmotionClassifierServicer, request: Any, context: Any) -> dict[str, Any]:
     check_model(classifier, request.name, request.version)
     return model_metadata(classifier)
@@ -317,7 +317,7 @@ def add_oip_to_server(
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=_tolerant(getattr(oip, method.input_type.name)),
+            request_deserializer=tolerant(getattr(oip, method.input_type.name)),
             response_serializer=getattr(oip, method.output_type.name).SerializeToString,
         )
         for method in oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods

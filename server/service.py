@@ -126,7 +126,7 @@ def _refuse_undecodable(request: Any) -> None:
         raise UndecodableRequestError(request)
 
 
-def _observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def observed(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Counts the RPC by status code and times it; turns RequestError into the matching gRPC status."""
 
     @contextlib.asynccontextmanager
@@ -215,7 +215,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             )
 
     # --- validation and the shared classify path --------------------------------------------------------------
-    def _options(self, top_k: int, truncation: int) -> RequestOptions:
+    def request_options(self, top_k: int, truncation: int) -> RequestOptions:
         check_truncation_value(truncation)
         if truncation == pb.TRUNCATION_UNSPECIFIED:
             refuse = self.settings.truncation == "refuse"
@@ -223,7 +223,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             refuse = truncation == pb.TRUNCATION_REFUSE
         return RequestOptions(top_k=int(top_k), refuse_truncation=refuse)
 
-    def _check_count(self, texts: Sequence[str], limit: int, method: str, hint: str) -> None:
+    def check_count(self, texts: Sequence[str], limit: int, method: str, hint: str) -> None:
         if not texts:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{method} needs at least one text.")
         if len(texts) > limit:
@@ -232,7 +232,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
                 f"{method} takes at most {limit} texts per request (got {len(texts)}); {hint}",
             )
 
-    def _check_text(self, text: str, where: str) -> None:
+    def check_text(self, text: str, where: str) -> None:
         if is_blank(text):  # whitespace, or invisible characters only (U+200B, U+FEFF, Hangul fillers...)
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} is empty; send non-blank text.")
         if len(text) > self.settings.max_text_chars:
@@ -279,7 +279,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
         deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
         return batcher.submit(encoded, deadline)  # QueueFullError, BatcherStoppedError: see server/status.py
 
-    async def _classify(
+    async def classify(
         self,
         texts: Sequence[str],
         options: RequestOptions,
@@ -336,27 +336,27 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
         ]
 
     # --- RPCs ---------------------------------------------------------------------------------------------------
-    @_observed("Classify")
+    @observed("Classify")
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         texts = list(request.texts)
-        self._check_count(
+        self.check_count(
             texts, self.settings.max_texts_per_request, "Classify", "split them or use ClassifyStream for bulk jobs."
         )
         for i, text in enumerate(texts):
-            self._check_text(text, f"texts[{i}]")
-        options = self._options(request.top_k, request.truncation)
-        results = await self._classify(texts, options, context, lambda i: f"texts[{i}]")
+            self.check_text(text, f"texts[{i}]")
+        options = self.request_options(request.top_k, request.truncation)
+        results = await self.classify(texts, options, context, lambda i: f"texts[{i}]")
         return pb.ClassifyResponse(results=results)
 
-    @_observed("ClassifyStream")
+    @observed("ClassifyStream")
     async def ClassifyStream(
         self, request: pb.ClassifyStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         texts = list(request.texts)
-        self._check_count(texts, self.settings.max_stream_texts, "ClassifyStream", "split the job into several calls.")
+        self.check_count(texts, self.settings.max_stream_texts, "ClassifyStream", "split the job into several calls.")
         for i, text in enumerate(texts):
-            self._check_text(text, f"texts[{i}]")
-        options = self._options(request.top_k, request.truncation)
+            self.check_text(text, f"texts[{i}]")
+        options = self.request_options(request.top_k, request.truncation)
         chunk = self.settings.max_batch_size
         # Never let a stream fill more than half the queue by itself: the rest is for other callers.
         chunks_in_flight = max(1, min(STREAM_CHUNKS_IN_FLIGHT, self.settings.max_queue_size // (2 * chunk)))
@@ -368,7 +368,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
                 while next_offset < len(texts) and len(in_flight) < chunks_in_flight:
                     offset = next_offset
                     job = asyncio.ensure_future(
-                        self._classify(
+                        self.classify(
                             texts[offset : offset + chunk], options, context, lambda i, o=offset: f"texts[{o + i}]"
                         )
                     )
@@ -380,7 +380,7 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             for _, job in in_flight:
                 job.cancel()
 
-    @_observed("ClassifyChat")
+    @observed("ClassifyChat")
     async def ClassifyChat(
         self, request_iterator: AsyncIterator[pb.ChatMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatResult]:
@@ -433,9 +433,9 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             check_chat_ids(message)  # before echoing them
             answer.id, answer.conversation_id = message.id, message.conversation_id
             where = f"message {message.id!r}"
-            self._check_text(message.text, where)
-            options = self._options(message.top_k, message.truncation)
-            (result,) = await self._classify([message.text], options, context, lambda _: where)
+            self.check_text(message.text, where)
+            options = self.request_options(message.top_k, message.truncation)
+            (result,) = await self.classify([message.text], options, context, lambda _: where)
             answer.result.CopyFrom(result)
         except Exception as exc:  # e.g. the model call failed: this message fails, the conversation goes on
             known = status_of(exc, max_queue_size=self.settings.max_queue_size)
@@ -445,13 +445,13 @@ class EmotionClassifierServicer(pb_grpc.EmotionClassifierServicer):
             answer.error.CopyFrom(pb.Error(code=code.value[0], message=text))
         return answer
 
-    @_observed("GetModelInfo")
+    @observed("GetModelInfo")
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         assert self.model_info is not None  # check_ready() passed
         return self.model_info
 
 
-def _tolerant(message_class: Any) -> Callable[[bytes], Any]:
+def tolerant(message_class: Any) -> Callable[[bytes], Any]:
     """A request deserializer that returns UndecodableRequest instead of raising (see server/status.py)."""
     full_name = message_class.DESCRIPTOR.full_name
 
@@ -475,7 +475,7 @@ def add_to_server(servicer: EmotionClassifierServicer, server: grpc.aio.Server) 
     handlers = {
         method.name: factories[(method.client_streaming, method.server_streaming)](
             getattr(servicer, method.name),
-            request_deserializer=_tolerant(getattr(pb, method.input_type.name)),
+            request_deserializer=tolerant(getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
         for method in pb.DESCRIPTOR.services_by_name["EmotionClassifier"].methods

@@ -17,7 +17,7 @@ four per call ~0.4 ms at one client, twice the budget. So the hot path only note
 id is drawn and its sampling decided when the call starts (the sampler from OTEL_TRACES_SAMPLER; the default obeys
 the caller's sampled flag), the call's ids go in a context variable for the tokeniser and the batcher to read, and
 each finished piece of work appends one tuple to a deque. Every 50 ms a recorder thread sends the tuples down a pipe
-to an exporter process of this server's own: there the SDK makes its ReadableSpans of them and its BatchSpanProcessor
+to an exporter process of this server's own (server/trace_export.py): there the SDK makes its ReadableSpans of them and its BatchSpanProcessor
 and OTLP/gRPC exporter send them as usual. Encoding is the expensive part (measured: 82 ms for 512 spans here,
 ~0.6 ms per call): in the server's process it would hold the GIL in 80 ms slices and stall calls; in a process of
 its own it runs on another core. The exporter process ignores SIGINT and ends when its server's pipe closes, after
@@ -42,34 +42,29 @@ import multiprocessing
 import os
 import random
 import re
-import signal
 import threading
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from gamjeong.errors import GamjeongError
-from gamjeong.versions import gamjeong_version
+from gamjeong.server.trace_export import BATCH, REQUEST, TOKENIZE, export_forever
 
 if TYPE_CHECKING:
     import grpc
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
     from gamjeong.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-INSTRUMENTATION = "gamjeong.server"
 # Codes that mean the server failed (OpenTelemetry's RPC conventions); the others are the caller's problem.
 _SERVER_FAULTS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 _MASK_64 = (1 << 64) - 1
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 _RECORD_EVERY_S = 0.05
-_REQUEST, _TOKENIZE, _BATCH = 0, 1, 2
 _NEEDED = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
 
 
@@ -162,7 +157,7 @@ class RequestSpan:
         with contextlib.suppress(ValueError):
             _CURRENT.reset(self._token)
         if self.trace is not None:
-            self._tracing.records.append((_REQUEST, self, code, time.time_ns()))
+            self._tracing.records.append((REQUEST, self, code, time.time_ns()))
 
 
 class Tracing:
@@ -184,7 +179,7 @@ class Tracing:
         context = multiprocessing.get_context("spawn")  # no fork: the server holds threads and sockets
         self._pipe, child_end = context.Pipe(duplex=True)
         self._exporter = context.Process(
-            target=_export_forever, args=(child_end, role), name="gamjeong-tracing-export", daemon=True
+            target=export_forever, args=(child_end, role), name="gamjeong-tracing-export", daemon=True
         )
         self._exporter.start()
         child_end.close()
@@ -240,7 +235,7 @@ class Tracing:
         """The tokenising of `texts` texts of the current call, timed by the servicer (perf_counter_ns)."""
         call = _CURRENT.get()
         if call is not None:
-            self.records.append((_TOKENIZE, call, started_ns, ended_ns, texts))
+            self.records.append((TOKENIZE, call, started_ns, ended_ns, texts))
 
     @staticmethod
     def current() -> CallTrace | None:
@@ -269,7 +264,7 @@ class Tracing:
                 "gamjeong.model.instance": str(instance),
             }
             error_name = None if error is None else error.__class__.__name__
-            self.records.append((_BATCH, requests, started_ns, ended_ns, attributes, error_name))
+            self.records.append((BATCH, requests, started_ns, ended_ns, attributes, error_name))
 
     # --- the engine link (server/engine_link.py): calls' spans on the wire ----------------------------------------
     @staticmethod
@@ -295,7 +290,7 @@ class Tracing:
         """A record as picklable values, times in ns since the epoch."""
         offset = self._epoch_offset_ns
         kind = record[0]
-        if kind == _REQUEST:
+        if kind == REQUEST:
             _, request, code, ended_ns = record
             attributes = dict(request.attributes, **{"rpc.grpc.status_code": code.value[0]})
             if "http.route" in attributes:
@@ -305,35 +300,36 @@ class Tracing:
             error = code.name if code.name in _SERVER_FAULTS else None
             parent = None if request.parent is None else tuple(request.parent)
             trace = tuple(request.trace)
-            return (_REQUEST, request.name, attributes, trace, parent, request.tracestate, request.start_ns, ended_ns, error)  # fmt: skip
-        if kind == _TOKENIZE:
+            return (REQUEST, request.name, attributes, trace, parent, request.tracestate, request.start_ns, ended_ns, error)  # fmt: skip
+        if kind == TOKENIZE:
             _, call, started_ns, ended_ns, texts = record
-            return (_TOKENIZE, tuple(call), started_ns + offset, ended_ns + offset, texts)
+            return (TOKENIZE, tuple(call), started_ns + offset, ended_ns + offset, texts)
         _, requests, started_ns, ended_ns, attributes, error_name = record
         calls = [(tuple(call), enqueued_ns + offset) for call, enqueued_ns in requests if call is not None]
-        return (_BATCH, calls, started_ns + offset, ended_ns + offset, attributes, error_name)
+        return (BATCH, calls, started_ns + offset, ended_ns + offset, attributes, error_name)
 
     def _send_records(self) -> None:
+        with self._lock:
+            self._send_records_locked()
+
+    def _send_records_locked(self) -> None:
+        # Taken and sent under the pipe's lock: a flush must not overtake records the recorder took but had not sent.
         records = self.records
         batch = []
         while records:
-            try:
-                batch.append(self._plain(records.popleft()))
-            except IndexError:  # a flush took the last one
-                break
+            batch.append(self._plain(records.popleft()))
         if batch and not self._broken:
-            with self._lock:
-                try:
-                    self._pipe.send(("spans", batch))
-                except OSError:  # the exporter process is gone: tracing stops, serving goes on
-                    self._broken = True
-                    log.warning("the tracing exporter process is gone; no more spans are exported")
+            try:
+                self._pipe.send(("spans", batch))
+            except OSError:  # the exporter process is gone: tracing stops, serving goes on
+                self._broken = True
+                log.warning("the tracing exporter process is gone; no more spans are exported")
 
     # --- life cycle -------------------------------------------------------------------------------------------
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Export every span of the calls ended so far; True once the exporter has sent them (tests; shutdown)."""
-        self._send_records()
         with self._lock:
+            self._send_records_locked()
             try:
                 self._pipe.send(("flush", timeout_s))
                 if not self._pipe.poll(timeout_s + 1.0):
@@ -349,8 +345,8 @@ class Tracing:
         def shut() -> None:
             self._stop.set()
             self._recorder.join()
-            self._send_records()
             with self._lock, contextlib.suppress(OSError):
+                self._send_records_locked()
                 self._pipe.send(("close", timeout_s))
             self._exporter.join(timeout_s + 1.0)
             if self._exporter.is_alive():
@@ -360,165 +356,3 @@ class Tracing:
         thread = threading.Thread(target=shut, name="gamjeong-tracing-close", daemon=True)
         thread.start()
         return thread
-
-
-# --- the exporter process ---------------------------------------------------------------------------------------
-def _export_forever(pipe: Connection, role: str) -> None:
-    """Make spans of the server's records and export them with the SDK, until the server closes the pipe."""
-    # The server decides when this ends (Ctrl-C or a service manager's SIGTERM to the whole group must not lose the
-    # last spans): the pipe's end is the signal.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # SIGTERM still ends it: multiprocessing's exit handler terminates a daemon child still running, then joins it
-    # (ignoring SIGTERM hung the interpreter's exit when a server was never stopped).
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    resource = Resource.create({"service.version": gamjeong_version(), "gamjeong.process": role})
-    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({"service.name": "gamjeong"}))  # OTEL_SERVICE_NAME not given
-    # The sampler from OTEL_TRACES_SAMPLER (for the model spans, the roots made here); the batch processor's delay
-    # and sizes from OTEL_BSP_*; the exporter's endpoint, TLS, headers and timeout from OTEL_EXPORTER_OTLP_*.
-    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    spans = _SpanMaker(provider)
-    timeout_s = 2.0
-    while True:
-        try:
-            message = pipe.recv()
-        except (EOFError, OSError):
-            break
-        kind = message[0]
-        if kind == "spans":
-            for record in message[1]:
-                try:
-                    spans.export(record)
-                except Exception:  # one bad record must not stop the others
-                    log.warning("could not make a span", exc_info=True)
-        elif kind == "flush":
-            pipe.send(("flushed", provider.force_flush(int(message[1] * 1000))))
-        elif kind == "close":
-            timeout_s = message[1]
-            break
-    # The last spans, for `timeout_s` at most: an unreachable collector would have the exporter retry for longer.
-    last = threading.Thread(target=lambda: (provider.force_flush(int(timeout_s * 1000)), provider.shutdown()))
-    last.daemon = True
-    last.start()
-    last.join(timeout_s)
-    os._exit(0)
-
-
-class _SpanMaker:
-    """The exporter process's side: the SDK's ReadableSpans of the server's plain records."""
-
-    def __init__(self, provider: TracerProvider) -> None:
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
-
-        tracer: Any = provider.get_tracer(INSTRUMENTATION, gamjeong_version())
-        self._processor, self._sampler, self._ids = tracer.span_processor, tracer.sampler, tracer.id_generator
-        self._resource, self._scope = provider.resource, tracer._instrumentation_scope
-        self._default_sampling = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on") in (
-            "parentbased_always_on",
-            "",
-        )
-        self._ReadableSpan, self._Link, self._SpanContext, self._SpanKind = ReadableSpan, Link, SpanContext, SpanKind
-        self._Status, self._StatusCode, self._TraceState = Status, StatusCode, TraceState
-        self._sampled = TraceFlags(TraceFlags.SAMPLED)
-        self._TraceFlags = TraceFlags
-
-    def _span(self, name: str, context: Any, **fields: Any) -> ReadableSpan:
-        return self._ReadableSpan(
-            name, context=context, resource=self._resource, instrumentation_scope=self._scope, **fields
-        )
-
-    def _context(self, trace_id: int, span_id: int | None = None) -> Any:
-        return self._SpanContext(trace_id, span_id or self._ids.generate_span_id(), False, self._sampled)
-
-    def _status(self, error: str | None) -> Any:
-        return self._Status(self._StatusCode.UNSET) if error is None else self._Status(self._StatusCode.ERROR, error)
-
-    def export(self, record: tuple[Any, ...]) -> None:
-        for span in self.spans(record):
-            self._processor.on_end(span)
-
-    def spans(self, record: tuple[Any, ...]) -> list[ReadableSpan]:
-        kind = record[0]
-        if kind == _REQUEST:
-            _, name, attributes, (trace_id, span_id, _), parent, tracestate, start, end, error = record
-            state = self._TraceState.from_header([tracestate]) if tracestate else None
-            context = self._SpanContext(trace_id, span_id, False, self._sampled, state)
-            remote = None
-            if parent is not None:
-                remote = self._SpanContext(parent[0], parent[1], True, self._TraceFlags(parent[2]), state)
-            return [
-                self._span(
-                    name,
-                    context,
-                    parent=remote,
-                    attributes=attributes,
-                    kind=self._SpanKind.SERVER,
-                    status=self._status(error),
-                    start_time=start,
-                    end_time=end,
-                )
-            ]
-        if kind == _TOKENIZE:
-            _, (trace_id, span_id, _), start, end, texts = record
-            parent = self._context(trace_id, span_id)
-            return [
-                self._span(
-                    "gamjeong.tokenize",
-                    self._context(trace_id),
-                    parent=parent,
-                    attributes={"gamjeong.texts": texts},
-                    start_time=start,
-                    end_time=end,
-                )
-            ]
-        # A model call: one span in a trace of its own (it serves several), linked to every request in it; and per
-        # request, the wait in the queue (from its texts' queueing to the call's start), linked to the model span.
-        _, calls, start, end, attributes, error = record
-        waited: dict[tuple[int, int, int], list[int]] = {}  # request -> [first enqueued, texts]
-        for call, enqueued in calls:
-            seen = waited.get(call)
-            if seen is None:
-                waited[call] = [enqueued, 1]
-            else:
-                seen[0], seen[1] = min(seen[0], enqueued), seen[1] + 1
-        links = [self._Link(self._SpanContext(t, s, True, self._TraceFlags(f))) for t, s, f in waited]
-        attributes = dict(attributes, **{"gamjeong.batch.requests": len(waited)})
-        trace_id = self._ids.generate_trace_id()
-        if not self._default_sampling:
-            decision = self._sampler.should_sample(
-                None, trace_id, "gamjeong.model", self._SpanKind.INTERNAL, attributes, links
-            ).decision
-            if not decision.is_sampled():
-                return []
-        model = self._context(trace_id)
-        made = [
-            self._span(
-                "gamjeong.model",
-                model,
-                attributes=attributes,
-                links=links,
-                status=self._status(error),
-                start_time=start,
-                end_time=end,
-            )
-        ]
-        model_link = [self._Link(model)]
-        for (trace_id, span_id, _), (enqueued, texts) in waited.items():
-            made.append(
-                self._span(
-                    "gamjeong.queue",
-                    self._context(trace_id),
-                    parent=self._context(trace_id, span_id),
-                    attributes={"gamjeong.texts": texts, "gamjeong.batch.size": attributes["gamjeong.batch.size"]},
-                    links=model_link,
-                    start_time=enqueued,
-                    end_time=start,
-                )
-            )
-        return made
