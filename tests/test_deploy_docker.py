@@ -72,7 +72,8 @@ def test_the_image_runs_gamjeong_serve_with_settings_it_accepts(dockerfile: str)
 
 def test_the_cpu_image_installs_the_serving_install_only() -> None:
     runs = " ".join(a for name, a in _instructions(DOCKER / "Dockerfile") if name == "RUN")
-    assert "pip install /src" in runs and "[" not in runs.split("pip install", 1)[1]  # no [train]/[export] extra
+    # the serving install and tracing's SDK; no [train]/[export] extra
+    assert 'pip install "/src[otel]"' in runs and "train" not in runs and "export" not in runs
     base = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8").split("[project.optional-dependencies]")[0]
     for heavy in ("torch", "transformers", "optimum", "pandas", "datasets"):
         assert f'"{heavy}' not in base, f"{heavy} is in the base (serving) install"

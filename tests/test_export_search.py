@@ -172,3 +172,46 @@ def test_an_exhausted_budget_names_the_best_candidate_and_force_publishes_it(
     assert manifest["parity"]["reasons"] and manifest["quantization"]["candidate"] == "dynamic per-channel"
     search = manifest["parity"]["search"]
     assert len(search["candidates"]) == 1 and search["sensitivity"] is None and "--force" in search["notes"][0]
+
+
+def test_putting_a_group_back_in_fp32_gives_the_graph_optimum_makes_with_it_excluded(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The sensitivity pass's fast path (export/surgery.py) against Optimum itself: for the embeddings and for one
+    encoder layer, the same operators, the same initializers and the same logits as quantising with the group's
+    nodes in nodes_to_exclude."""
+    import onnx
+    import onnxruntime as ort
+
+    from gamjeong.export.exporter import ExportConfig, export_model
+    from gamjeong.export.quantize import CandidateSpec, activation_matmuls, quantize_candidate, weight_groups
+    from gamjeong.export.surgery import keep_in_fp32
+    from gamjeong.export.targets import resolve_target
+
+    fp32_path = (
+        export_model(ExportConfig(model=tiny_model_dir, output=tmp_path / "fp32", quantize="none")) / "model.onnx"
+    )
+    target, products = resolve_target("avx2", quantize="int8"), activation_matmuls(fp32_path)
+    base_path, info = quantize_candidate(
+        fp32_path, tmp_path / "base", CandidateSpec(name="base"), target, None, products
+    )
+    groups = weight_groups(fp32_path, [str(op) for op in info["operators"]])
+    assert {"embeddings", "layer.0", "layer.1"} <= set(groups)
+    fp32, base = onnx.load(str(fp32_path)), onnx.load(str(base_path))
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(5, 1000, (3, 11)), "attention_mask": np.ones((3, 11), dtype=np.int64)}
+    for group in ("embeddings", "layer.1"):
+        spec = CandidateSpec(name=group, fp32_groups=(group,), nodes_to_exclude=tuple(groups[group]))
+        made_path, _ = quantize_candidate(fp32_path, tmp_path / group, spec, target, None, products)
+        made, derived = onnx.load(str(made_path)), keep_in_fp32(base, fp32, groups[group])
+        onnx.checker.check_model(derived)
+        assert sorted(n.op_type for n in derived.graph.node) == sorted(n.op_type for n in made.graph.node)
+        assert {i.name for i in derived.graph.initializer} == {i.name for i in made.graph.initializer}
+        assert len(derived.graph.node) > len(base.graph.node) - 10 * len(groups[group])  # nothing else dropped
+        fp32_nodes = {n.name: list(n.input) for n in fp32.graph.node}
+        for node in groups[group]:  # each is the fp32 node again, reading the fp32 weight
+            assert [list(n.input) for n in derived.graph.node if n.name == node] == [fp32_nodes[node]]
+        logits = [ort.InferenceSession(m.SerializeToString()).run(None, feeds)[0] for m in (derived, made)]
+        np.testing.assert_array_equal(logits[0], logits[1])
+        baseline = ort.InferenceSession(base.SerializeToString()).run(None, feeds)[0]
+        assert not np.array_equal(logits[0], baseline)  # the group really is fp32 again: the answers moved
