@@ -69,6 +69,7 @@ class EmotionResult:
     scores: dict[str, float]  # English name -> probability; all seven unless top_k was asked for
     truncated: bool  # the text was longer than the model's input and only its start was classified
     timing: Timing
+    model_version: str = ""  # which model answered (ModelInfo.model_version): it changes when the server reloads
 
     @classmethod
     def from_proto(cls, message: pb.EmotionResult) -> EmotionResult:
@@ -83,6 +84,7 @@ class EmotionResult:
             timing=Timing(
                 t.tokenization_time_ns, t.queue_time_ns, t.inference_time_ns, t.num_tokens, t.batch_size, t.cache_hit
             ),
+            model_version=message.model_version,
         )
 
 
@@ -129,7 +131,9 @@ class ModelInfo:
     execution_provider: str
     max_input_length: int
     limits: dict[str, Any] = field(default_factory=dict)
-    version: str = ""
+    version: str = ""  # gamjeong's
+    model_version: str = ""  # the serving model's: its manifest's sha256 (16 hex digits); changes with a reload
+    exported_at: str = ""
 
     @classmethod
     def from_proto(cls, message: pb.ModelInfo) -> ModelInfo:
@@ -145,6 +149,8 @@ class ModelInfo:
             max_input_length=message.max_input_length,
             limits=limits,
             version=message.version,
+            model_version=message.model_version,
+            exported_at=message.exported_at,
         )
 
 

@@ -71,6 +71,7 @@ class InferAnswer:
     outputs: list[str]  # in the order to answer them
     probabilities: np.ndarray  # float32 [N, 7]
     labels: list[str]
+    model_version: str = ""  # which model answered (ModelInfo.model_version; two, comma-separated, across a reload)
 
     def tensor(self, name: str) -> tuple[str, list[int]]:
         """(datatype, shape) of one output."""
@@ -154,6 +155,10 @@ def model_metadata(classifier: EmotionClassifierServicer) -> dict[str, Any]:
             "max_input_tokens": info.max_input_length,
             "backend": info.backend,
             "gamjeong_version": info.version,
+            # The serving model's own version (manifest sha256, export time): the protocol's version stays "1", the
+            # one version a Triton client asks for, while a reload swaps what answers under it.
+            "model_version": info.model_version,
+            "exported_at": info.exported_at,
         },
     }
 
@@ -212,7 +217,8 @@ async def model_infer(
     for row, result in zip(probabilities, results, strict=True):
         for score in result.scores:  # all seven (top_k 0), highest first: put back in label-id order
             row[score.label_id] = score.score
-    return InferAnswer(call.model_name, call.id, outputs, probabilities, [r.label for r in results])
+    versions = ",".join(dict.fromkeys(r.model_version for r in results if r.model_version))
+    return InferAnswer(call.model_name, call.id, outputs, probabilities, [r.label for r in results], versions)
 
 
 @observed("ModelMetadata")
@@ -301,6 +307,7 @@ class InferenceServicer:
         parse = request if isinstance(request, UndecodableRequest) else (lambda: call_from_grpc(request))
         answer = await model_infer(self.classifier, parse, context)
         response = oip.ModelInferResponse(model_name=answer.model_name, model_version=MODEL_VERSION, id=answer.id)
+        response.parameters["model_version"].string_param = answer.model_version  # which model answered
         for name in answer.outputs:  # raw_output_contents, as Triton answers (tritonclient reads them)
             datatype, shape = answer.tensor(name)
             response.outputs.add(name=name, datatype=datatype, shape=shape)

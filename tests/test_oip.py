@@ -57,6 +57,11 @@ def text_input(texts: list[str] | np.ndarray, module=grpcclient, name: str = "te
     return tensor
 
 
+async def ours_classify(server: GamjeongServer) -> list:
+    async with AsyncEmotionClient(f"127.0.0.1:{server.port}", max_attempts=1) as ours:
+        return await ours.classify(TEXTS[:1])
+
+
 async def infer_both(server: GamjeongServer, texts: list[str], **kwargs: object) -> list[tuple[np.ndarray, list[str]]]:
     """(probabilities, labels) from the default gRPC client, the default HTTP client (binary) and HTTP with JSON."""
     grpc_client, http_client = clients(server)
@@ -99,6 +104,9 @@ async def test_metadata_and_readiness_over_grpc_and_http(make_server) -> None:
         web_meta = await http_client.get_model_metadata(MODEL)
         server_meta = await http_client.get_server_metadata()
         grpc_server_meta = await grpc_client.get_server_metadata(as_json=True)
+        # every answer says which model answered, in the response's parameters
+        grpc_answer = (await grpc_client.infer(MODEL, [text_input(TEXTS[:1], grpcclient)])).get_response()
+        http_answer = (await http_client.infer(MODEL, [text_input(TEXTS[:1], httpclient)])).get_response()
     finally:
         await grpc_client.close()
         await http_client.close()
@@ -113,6 +121,12 @@ async def test_metadata_and_readiness_over_grpc_and_http(make_server) -> None:
         assert outputs == [("probabilities", "FP32", [-1, NUM_LABELS]), ("label", "BYTES", [-1])]
     assert web_meta["parameters"]["labels"].split(",") == list(LABEL_NAMES)
     assert web_meta["parameters"]["max_texts_per_request"] == 64
+    # the serving model's version (manifest sha256) and export time, as GetModelInfo says
+    assert info.model_version and web_meta["parameters"]["model_version"] == info.model_version
+    assert (await ours_classify(server))[0].model_version == info.model_version  # the client's results say it too
+    assert web_meta["parameters"]["exported_at"] == info.exported_at != ""
+    assert grpc_answer.parameters["model_version"].string_param == info.model_version
+    assert http_answer["parameters"]["model_version"] == info.model_version
     assert server_meta["name"] == grpc_server_meta["name"] == "gamjeong"
     assert "binary_tensor_data" in server_meta["extensions"]
 
@@ -130,6 +144,7 @@ async def test_grpc_model_metadata_carries_the_labels_and_reflection_describes_t
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         meta = await oip_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(oip.ModelMetadataRequest(name=MODEL))
     assert meta.properties["labels"].split(",") == list(LABEL_NAMES) and meta.versions == ["1"]
+    assert len(meta.properties["model_version"]) == 16  # the manifest's sha256, 16 hex digits
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:  # the reflection client is synchronous
         database = ProtoReflectionDescriptorDatabase(channel)
         services = await asyncio.to_thread(database.get_services)

@@ -145,6 +145,7 @@ class HttpInferRequest:
                 output["data"] = answer.data(name)
             outputs.append(output)
         body: dict[str, Any] = {"model_name": answer.model_name, "model_version": MODEL_VERSION, "outputs": outputs}
+        body["parameters"] = {"model_version": answer.model_version}  # which model answered
         if answer.id:
             body["id"] = answer.id
         if not tails:
