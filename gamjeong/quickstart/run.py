@@ -229,7 +229,7 @@ def quickstart_command(
         DEFAULT_TIME_BUDGET_MINUTES,
         "--time-budget",
         min=0.1,
-        help="Minutes of training for the cpu budget (the whole run takes about 3-4 minutes more on 2 cores).",
+        help="Minutes of training for the cpu budget (the whole run took 7-8 minutes for the default 6 on 2 cores).",
     ),
     offline: bool = typer.Option(
         False, "--offline", help="Download nothing: the shipped data, and a base model already built or cached."
