@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import weakref
 from pathlib import Path
@@ -20,6 +18,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from processes import pump, wait_for
 
 from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
@@ -198,14 +197,14 @@ def test_sighup_reloads_the_engine_process_and_every_front_end_follows(
     command += ["--instances", "1", "--no-solo", "--grace-s", "2", "--drain-s", "0"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True).start()
+    pump(process.stderr, lines)
     new_version = read_manifest(second_int8_dir).version
     try:
-        port = _wait_for(lines, "listening")["port"]
-        _wait_for(lines, "model ready")
+        port = wait_for(lines, "listening")["port"]
+        wait_for(lines, "model ready")
         point(link, second_int8_dir)
         process.send_signal(signal.SIGHUP)
-        _wait_for(lines, "model reloaded")
+        wait_for(lines, "model reloaded")
         deadline = time.monotonic() + 30
         seen: set[str] = set()
         while time.monotonic() < deadline:
@@ -226,13 +225,3 @@ def test_sighup_reloads_the_engine_process_and_every_front_end_follows(
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def _wait_for(lines: list[str], message: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in list(lines):
-            if line.startswith("{") and json.loads(line).get("message") == message:
-                return json.loads(line)
-        time.sleep(0.05)
-    raise AssertionError(f"no {message!r} line:\n" + "".join(lines))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import pump
 from typer.testing import CliRunner
 
 from gamjeong.api.v1 import emotion_pb2 as pb
@@ -50,12 +51,6 @@ def test_a_model_without_a_tokenizer_is_one_sentence_before_the_model_loads(tiny
     assert time.monotonic() - started < 60
 
 
-def _pump(stream, lines: list[str]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: lines.extend(iter(stream.readline, "")), daemon=True)
-    thread.start()
-    return thread
-
-
 def test_sigterm_drains_then_exits_within_the_grace_period_with_json_logs_only(tiny_int8_dir: Path) -> None:
     grace_s, drain_s = 2.0, 0.5
     command = [sys.executable, "-m", "gamjeong.cli", "serve", "--model", str(tiny_int8_dir), "--host", "127.0.0.1"]
@@ -63,7 +58,7 @@ def test_sigterm_drains_then_exits_within_the_grace_period_with_json_logs_only(t
     command += ["--log-format", "json", "--max-batch-size", "4"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": ""})
     lines: list[str] = []
-    pump = _pump(process.stderr, lines)
+    reader = pump(process.stderr, lines)
     try:
         port = _port_when_ready(lines)
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -102,7 +97,7 @@ def test_sigterm_drains_then_exits_within_the_grace_period_with_json_logs_only(t
         if process.poll() is None:
             process.kill()
             process.wait()
-    pump.join(10)
+    reader.join(10)
     assert elapsed <= grace_s + 0.3, f"exited {elapsed:.2f} s after SIGTERM, grace {grace_s} s\n{''.join(lines)}"
     entries = []
     for line in lines:

@@ -28,6 +28,7 @@ import grpc
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from processes import alive, descendants, pump, wait_for
 from test_server import GatedPredictor, until
 
 from gamjeong.api.v1 import emotion_pb2 as pb
@@ -343,28 +344,20 @@ def test_off_the_server_imports_no_opentelemetry_sdk(tiny_int8_dir: Path) -> Non
 
 
 # --- the real process tree: `gamjeong serve --workers 2 --otel` -------------------------------------------------
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    children = [int(p) for p in out.split()]
-    return children + [d for child in children for d in _descendants(child)]
-
-
 def test_serve_with_two_workers_traces_each_call_across_front_end_and_engine_and_exits_whole(
     tiny_int8_dir: Path, collector: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_workers import _alive, _pump, _wait_for
-
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # the exporters send every 0.1 s, not every 5 s
     command = [sys.executable, "-m", "gamjeong.cli", "serve", "--model", str(tiny_int8_dir), "--host", "127.0.0.1"]
     command += ["--port", "0", "--metrics-port", "0", "--workers", "2", "--otel", "--log-format", "json"]
     command += ["--instances", "1", "--no-solo", "--grace-s", "3", "--drain-s", "0.2"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    pump = _pump(process.stderr, lines)
+    reader = pump(process.stderr, lines)
     callers: dict[str, str] = {}  # trace id -> the caller's span id
     try:
-        port = _wait_for(lines, "listening")["port"]
-        _wait_for(lines, "model ready")
+        port = wait_for(lines, "listening")["port"]
+        wait_for(lines, "model ready")
         # A channel per call: the kernel spreads the connections over both front ends.
         for _ in range(12):
             header, trace_id, caller_span = traceparent()
@@ -382,14 +375,14 @@ def test_serve_with_two_workers_traces_each_call_across_front_end_and_engine_and
         deadline = time.monotonic() + 20
         while not all_arrived() and time.monotonic() < deadline:
             time.sleep(0.1)
-        tree = _descendants(process.pid)
+        tree = descendants(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    pump.join(10)
+    reader.join(10)
     assert all_arrived(), f"spans missing: {sorted(s.name for s in collector.spans)}\n{''.join(lines)}"
     padded = len(load_predictor(tiny_int8_dir).encode([TEXT])[0].input_ids)
     front_ends, engines = set(), set()
@@ -404,4 +397,4 @@ def test_serve_with_two_workers_traces_each_call_across_front_end_and_engine_and
     assert len(front_ends) == 2 and len(engines) == 1, (front_ends, engines)  # both front ends, one engine
     # supervisor's children (engine, 2 front ends) and their exporter processes: none outlives the supervisor
     assert len(tree) >= 6, tree
-    assert not [pid for pid in tree if _alive(pid)], "a process outlived its supervisor"
+    assert not [pid for pid in tree if alive(pid)], "a process outlived its supervisor"

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import alive, children, pump, wait_for
 
 from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
@@ -198,29 +199,6 @@ async def test_a_lost_engine_means_not_serving_and_unavailable_until_it_is_back(
 
 
 # --- the process tree -------------------------------------------------------------------------------------------
-def _pump(stream, lines: list[str]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: lines.extend(iter(stream.readline, "")), daemon=True)
-    thread.start()
-    return thread
-
-
-def _wait_for(lines: list[str], message: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in list(lines):
-            if line.startswith("{") and json.loads(line).get("message") == message:
-                return json.loads(line)
-        time.sleep(0.05)
-    raise AssertionError(f"no {message!r} line:\n" + "".join(lines))
-
-
-def _children(pid: int) -> list[int]:
-    """The supervisor's worker processes (not multiprocessing's resource tracker), oldest first."""
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    pids = [int(p) for p in out.split()]
-    return sorted(p for p in pids if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes())
-
-
 def _metric(text: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
@@ -233,11 +211,11 @@ def test_workers_answer_alike_add_up_survive_a_dead_front_end_and_drain_together
     command += ["--http-port", "0"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    pump = _pump(process.stderr, lines)
+    reader = pump(process.stderr, lines)
     try:
-        listening = _wait_for(lines, "listening")
+        listening = wait_for(lines, "listening")
         port, metrics_port = listening["port"], None
-        _wait_for(lines, "model ready")
+        wait_for(lines, "model ready")
         metrics_port = next(json.loads(line)["port"] for line in lines if '"metrics endpoint listening"' in line)
         reference = load_predictor(tiny_int8_dir)
         # Many connections, so that both front ends take some (the kernel spreads connections over them).
@@ -262,16 +240,16 @@ def test_workers_answer_alike_add_up_survive_a_dead_front_end_and_drain_together
         assert _metric(scrape, "process_cpu_seconds_total") > 0
 
         # A front end dies: calls go on (the others, then its replacement, take them) and it is restarted.
-        children = _children(process.pid)
-        front_ends = [pid for pid in children if pid != _engine_pid(children)]
-        assert len(front_ends) == 2, children
+        workers = children(process.pid)
+        front_ends = [pid for pid in workers if pid != _engine_pid(workers)]
+        assert len(front_ends) == 2, workers
         os.kill(front_ends[0], signal.SIGKILL)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.EmotionClassifierStub(channel)
             for _ in range(30):
                 assert stub.Classify(pb.ClassifyRequest(texts=TEXTS[:1]), timeout=10, wait_for_ready=True).results
-        _wait_for(lines, "worker serving again")
-        assert len(_children(process.pid)) == 3
+        wait_for(lines, "worker serving again")
+        assert len(children(process.pid)) == 3
 
         # SIGTERM: every front end drains (NOT_SERVING to new probes, still answering), then all of it exits.
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -290,9 +268,9 @@ def test_workers_answer_alike_add_up_survive_a_dead_front_end_and_drain_together
         if process.poll() is None:
             process.kill()
             process.wait()
-    pump.join(10)
+    reader.join(10)
     assert elapsed <= grace_s + 1.5, f"exited {elapsed:.2f} s after SIGTERM\n{''.join(lines)}"
-    assert not [pid for pid in children if _alive(pid)], "a worker outlived its supervisor"
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived its supervisor"
     for line in lines:
         json.loads(line)  # every line JSON: nothing printed around the logs
 
@@ -300,11 +278,3 @@ def test_workers_answer_alike_add_up_survive_a_dead_front_end_and_drain_together
 def _engine_pid(children: list[int]) -> int:
     """The engine is the child started first (its pid is the lowest of the three)."""
     return min(children)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
