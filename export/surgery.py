@@ -35,11 +35,14 @@ def keep_in_fp32(quantized: onnx.ModelProto, fp32: onnx.ModelProto, node_names: 
     fp32_weights = {init.name: init for init in fp32.graph.initializer}
     fp32_tensors = _tensors(fp32.graph)
     chain: set[str] = set()  # the quantised chains' nodes (by first output): the only ones the clean-up may drop
+    # Valid throughout the loop: a replacement takes its chain's last node's place and output; nothing moves until
+    # the clean-up at the end.
+    producers = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    present = {init.name for init in graph.initializer}
     for name in node_names:
         original = originals.get(name)
         if original is None:
             raise GamjeongError(f"The fp32 graph has no node named {name!r}.")
-        producers = {out: i for i, node in enumerate(graph.node) for out in node.output}
         if len(original.output) != 1 or original.output[0] not in producers:
             raise GamjeongError(f"The quantised graph does not produce {name!r}'s output; it cannot go back to fp32.")
         at = producers[original.output[0]]
@@ -50,10 +53,10 @@ def keep_in_fp32(quantized: onnx.ModelProto, fp32: onnx.ModelProto, node_names: 
         replacement.CopyFrom(original)
         del graph.node[at]
         graph.node.insert(at, replacement)
-        present = {init.name for init in graph.initializer}
         for tensor in original.input:
             if tensor in fp32_weights and tensor not in present:
                 graph.initializer.append(fp32_weights[tensor])
+                present.add(tensor)
     _drop_unused(graph, chain)
     return model
 

@@ -27,6 +27,12 @@ INSTRUMENTATION = "gamjeong.server"
 REQUEST, TOKENIZE, BATCH = 0, 1, 2
 
 
+def default_sampling() -> bool:
+    """True for OpenTelemetry's default sampler (parent-based, every root), which both processes decide without the
+    SDK; any other OTEL_TRACES_SAMPLER is asked through the SDK."""
+    return os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on") in ("parentbased_always_on", "")
+
+
 def export_forever(pipe: Connection, role: str) -> None:
     """Make spans of the server's records and export them with the SDK, until the server closes the pipe."""
     # The server decides when this ends (Ctrl-C or a service manager's SIGTERM to the whole group must not lose the
@@ -86,10 +92,7 @@ class SpanMaker:
         tracer: Any = provider.get_tracer(INSTRUMENTATION, gamjeong_version())
         self._processor, self._sampler, self._ids = tracer.span_processor, tracer.sampler, tracer.id_generator
         self._resource, self._scope = provider.resource, tracer._instrumentation_scope
-        self._default_sampling = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on") in (
-            "parentbased_always_on",
-            "",
-        )
+        self._default_sampling = default_sampling()
         self._ReadableSpan, self._Link, self._SpanContext, self._SpanKind = ReadableSpan, Link, SpanContext, SpanKind
         self._Status, self._StatusCode, self._TraceState = Status, StatusCode, TraceState
         self._sampled = TraceFlags(TraceFlags.SAMPLED)

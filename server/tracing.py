@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from gamjeong.errors import GamjeongError
-from gamjeong.server.trace_export import BATCH, REQUEST, TOKENIZE, export_forever
+from gamjeong.server.trace_export import BATCH, REQUEST, TOKENIZE, default_sampling, export_forever
 
 if TYPE_CHECKING:
     import grpc
@@ -167,10 +167,7 @@ class Tracing:
     def __init__(self, role: str = "server") -> None:
         self.role = role
         # The default sampler (parent-based, every root) is decided here without the SDK; another is asked.
-        self._default_sampling = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on") in (
-            "parentbased_always_on",
-            "",
-        )
+        self._default_sampling = default_sampling()
         self._sampler: Any = None
         # The batcher and the tokeniser time with perf_counter_ns; spans want nanoseconds since the epoch.
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()

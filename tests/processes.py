@@ -51,3 +51,10 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return not stat.split(") ")[1].startswith("Z")
+
+
+def kill_if_running(process: subprocess.Popen) -> None:
+    """A test's clean-up: a server the test did not stop (it failed first) is killed and reaped."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()

@@ -18,7 +18,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from processes import pump, wait_for
+from processes import kill_if_running, pump, wait_for
 
 from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
@@ -222,6 +222,4 @@ def test_sighup_reloads_the_engine_process_and_every_front_end_follows(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import kill_if_running
 from typer.testing import CliRunner
 
 from gamjeong.clients import EmotionClient
@@ -63,9 +64,7 @@ def test_serve_logs_json_serves_and_stops_cleanly_on_sigterm(tiny_int8_dir: Path
         assert process.wait(timeout=60) == 0
         _wait_for(lines, "stopped", seen)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     messages = [entry.get("message") for entry in seen]
     assert messages.index("listening") < messages.index("model ready") < messages.index("shutting down")
     assert any(entry.get("signal") == "SIGTERM" for entry in seen)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from processes import pump
+from processes import kill_if_running, pump
 from typer.testing import CliRunner
 
 from gamjeong.api.v1 import emotion_pb2 as pb
@@ -94,9 +94,7 @@ def test_sigterm_drains_then_exits_within_the_grace_period_with_json_logs_only(t
         del health
         channel.close()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     reader.join(10)
     assert elapsed <= grace_s + 0.3, f"exited {elapsed:.2f} s after SIGTERM, grace {grace_s} s\n{''.join(lines)}"
     entries = []

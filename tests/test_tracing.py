@@ -28,7 +28,7 @@ import grpc
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from processes import alive, descendants, pump, wait_for
+from processes import alive, descendants, kill_if_running, pump, wait_for
 from test_server import GatedPredictor, until
 
 from gamjeong.api.v1 import emotion_pb2 as pb
@@ -379,9 +379,7 @@ def test_serve_with_two_workers_traces_each_call_across_front_end_and_engine_and
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     reader.join(10)
     assert all_arrived(), f"spans missing: {sorted(s.name for s in collector.spans)}\n{''.join(lines)}"
     padded = len(load_predictor(tiny_int8_dir).encode([TEXT])[0].input_ids)

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from processes import alive, children, pump, wait_for
+from processes import alive, children, kill_if_running, pump, wait_for
 
 from gamjeong.api.v1 import emotion_pb2 as pb
 from gamjeong.api.v1 import emotion_pb2_grpc as pb_grpc
@@ -265,9 +265,7 @@ def test_workers_answer_alike_add_up_survive_a_dead_front_end_and_drain_together
             assert process.wait(timeout=30) == 0
             elapsed = time.monotonic() - signalled
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     reader.join(10)
     assert elapsed <= grace_s + 1.5, f"exited {elapsed:.2f} s after SIGTERM\n{''.join(lines)}"
     assert not [pid for pid in workers if alive(pid)], "a worker outlived its supervisor"
